@@ -1,0 +1,7 @@
+"""Camera intrinsics, extrinsics and clinical C-arm angles."""
+
+from .carm import carm_to_rt_inv, rt_inv_to_carm, to_display
+from .extrinsics import invert_rt_inv, make_rt_inv
+from .intrinsics import make_k_inv
+
+__all__ = ["carm_to_rt_inv", "invert_rt_inv", "make_k_inv", "make_rt_inv", "rt_inv_to_carm", "to_display"]

@@ -1,0 +1,88 @@
+"""``DRR``: a renderer module whose detector geometry travels with its device."""
+
+from __future__ import annotations
+
+import torch
+
+from ..camera.intrinsics import make_k_inv
+from ..data.subject import Subject
+from .rays import make_src, make_tgt
+from .render import render
+
+
+class DRR(torch.nn.Module):
+    """Renders a :class:`Subject` from camera-to-world poses with fixed intrinsics.
+
+    Args:
+        k_inv: ``[B, 3, 3]`` inverse intrinsics (B = 1 shared, or one per image, e.g. biplane).
+        sdd: ``[B]`` source-to-detector distances (mm).
+        height, width: detector size in pixels.
+        orthographic: parallel-beam instead of cone-beam rays.
+    """
+
+    _intrinsic_params = frozenset({"k_inv", "sdd", "height", "width", "orthographic"})
+
+    def __init__(
+        self, k_inv: torch.Tensor, sdd: torch.Tensor, height: int, width: int, orthographic: bool = False
+    ):
+        super().__init__()
+        self.register_buffer("k_inv", torch.as_tensor(k_inv).reshape(-1, 3, 3))
+        self.register_buffer("sdd", torch.as_tensor(sdd, dtype=self.k_inv.dtype).reshape(-1))
+        self.height = int(height)
+        self.width = int(width)
+        self.orthographic = bool(orthographic)
+        self._update_rays()
+
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        if name in self._intrinsic_params and all(hasattr(self, p) for p in self._intrinsic_params):
+            self._update_rays()
+
+    def _update_rays(self) -> None:
+        tgt = make_tgt(self.k_inv, self.sdd, self.height, self.width)
+        self.register_buffer("tgt", tgt, persistent=False)
+        self.register_buffer("src", make_src(self.orthographic, tgt, self.sdd), persistent=False)
+
+    @classmethod
+    def from_carm_intrinsics(
+        cls,
+        sdd: float,
+        delx: float,
+        dely: float,
+        x0: float,
+        y0: float,
+        height: int,
+        width: int,
+        orthographic: bool = False,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> DRR:
+        """A DRR for a C-arm with these detector parameters (see :func:`make_k_inv`)."""
+        k_inv = make_k_inv(sdd, delx, dely, x0, y0, height, width, dtype=dtype, device=device)
+        return cls(
+            k_inv, torch.tensor([float(sdd)], dtype=k_inv.dtype, device=device), height, width, orthographic
+        )
+
+    def forward(
+        self,
+        subject: Subject,
+        rt_inv: torch.Tensor,
+        n_samples: int = 500,
+        soft_labels: bool = False,
+        backend: str = "auto",
+    ) -> torch.Tensor:
+        """``[B, C, H, W]`` DRRs of ``subject`` from poses ``rt_inv [B, 4, 4]``."""
+        return render(
+            subject,
+            self.k_inv,
+            rt_inv,
+            self.sdd,
+            self.height,
+            self.width,
+            n_samples,
+            soft_labels,
+            self.orthographic,
+            self.src,
+            self.tgt,
+            backend,
+        )
