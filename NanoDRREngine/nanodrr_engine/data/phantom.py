@@ -6,7 +6,7 @@ plane, the entry/exit parameters of a ray are roots of quadratics, so ``line_int
 floating-point rounding. That makes the phantom both the demo's default CT (``voxelize``) and the
 accuracy oracle for the renderers.
 
-Conventions (see ``shared/docs/geometry.md``): world = RAS millimetres (+x patient Left, +y Anterior,
+Conventions (see ``shared/docs/geometry.md``): world = RAS millimetres (+x patient Right, +y Anterior,
 +z Superior); volumes are ``[K, J, I]`` with i fastest; ``voxel_to_world`` = direction · diag(spacing)
 plus origin, voxel centres at integer indices.
 """
@@ -171,7 +171,7 @@ class _Primitive:
         s, t = _check_segments(src, tgt)
         total = np.zeros(len(s))
         for lo, hi in self.intervals(s, t):
-            total += np.nan_to_num(np.clip(np.fmin(hi, 1.0) - np.fmax(lo, 0.0), 0.0, None))
+            total += np.nan_to_num(np.clip(np.minimum(hi, 1.0) - np.maximum(lo, 0.0), 0.0, None))
         return total * np.linalg.norm(t - s, axis=-1)
 
 
@@ -515,7 +515,7 @@ class AnalyticPhantom:
 class ChestPhantom(AnalyticPhantom):
     """Chest-like phantom in RAS mm: body with fat layer, lungs, heart, aorta, trachea, spine, ribs, sternum.
 
-    Body ≈ 320 mm L-R × 220 mm A-P × 300 mm S-I. Lungs are left/right (+x = patient Left), the heart is
+    Body ≈ 320 mm L-R × 220 mm A-P × 300 mm S-I. Lungs are left/right (+x = patient Right), the heart is
     left-anterior, spine posterior (−y). Ribs are thin elliptic tubes tilted so their anterior ends lie
     lower, as in a real chest; bone (spine 700 HU, ribs 600 HU, sternum 500 HU) is bright in an AP DRR.
     """
@@ -545,13 +545,13 @@ class ChestPhantom(AnalyticPhantom):
             # body: subcutaneous fat, then soft tissue
             C(c, None, -100.0, 1, semi_axes=(160.0, 110.0), half_length=150.0),
             C(c, None, 40.0, 1, semi_axes=(150.0, 100.0), half_length=150.0),
-            # lungs (patient left = +x)
-            E(at(72.0, 0.0, 15.0), R(rz=-5.0), -800.0, 2, semi_axes=(50.0, 70.0, 105.0)),
-            E(at(-72.0, 0.0, 15.0), R(rz=5.0), -800.0, 3, semi_axes=(50.0, 70.0, 105.0)),
+            # lungs (RAS: patient right = +x)
+            E(at(72.0, 0.0, 15.0), R(rz=-5.0), -800.0, 3, semi_axes=(50.0, 70.0, 105.0)),
+            E(at(-72.0, 0.0, 15.0), R(rz=5.0), -800.0, 2, semi_axes=(50.0, 70.0, 105.0)),
             # heart: left-anterior, long axis tilted to the left and down
-            E(at(25.0, 35.0, -25.0), R(ry=30.0, rz=-30.0), 45.0, 4, semi_axes=(55.0, 45.0, 50.0)),
+            E(at(-25.0, 35.0, -25.0), R(ry=-30.0, rz=30.0), 45.0, 4, semi_axes=(55.0, 45.0, 50.0)),
             # descending aorta, left of the spine, slightly tilted
-            C(at(25.0, -42.0, -20.0), R(rx=5.0), 150.0, 5, semi_axes=(13.0, 13.0), half_length=95.0),
+            C(at(-25.0, -42.0, -20.0), R(rx=5.0), 150.0, 5, semi_axes=(13.0, 13.0), half_length=95.0),
             # trachea: air column above the carina
             C(at(0.0, 15.0, 100.0), None, -1000.0, 6, semi_axes=(9.0, 8.0), half_length=50.0),
             # spine: vertebral bodies and a posterior column of spinous processes

@@ -1,10 +1,30 @@
 """Fused CPU ray march (numba): the product's CPU path.
 
-Implements the ``raymarch`` contract of :mod:`nanodrr_engine.drr.backends` with numba kernels that
-are parallel over rays and keep each ray's running sum in a register, so no per-sample tensor is
-ever built.
+Implements the ``raymarch`` contract of :mod:`nanodrr_engine.drr.backends` (see its docstring)
+with numba kernels that are parallel over rays and keep each ray's running sums in registers, so
+no per-sample tensor is ever built.
 
-WIP version 1.
+How it is fast (measured on a 2-core Xeon, 512×512×133 chest CT, 500 samples per ray):
+
+- Each ray is split once into the samples whose 8 trilinear corners are all inside the volume
+  (found analytically, with an inward safety margin) and the few at its ends. The inner part runs
+  a branch-free loop that LLVM vectorises across samples (AVX2/AVX-512 gathers, two neighbouring
+  voxels per 8-byte load, 32-bit indices); the ends use a scalar, bounds-checked path. This is
+  ~1.7× faster than a scalar loop with per-sample bounds checks.
+- Rays are processed in blocks, interleaved over the worker threads for load balance.
+- Labelmaps: a scalar pass finds the runs of consecutive samples with the same nearest-voxel label;
+  each run's μ is summed by the same vectorised loop and flushed once into its channel.
+- half / bfloat16 volumes are read natively (converted per load), so they are never copied.
+
+Backward: the per-ray gradients (``start``, ``delta``, ``step``) come from the same split loop
+(value and analytic gradient of the trilinear interpolant, as ``grid_sample``'s backward computes
+it). The volume gradient is a scatter; to stay race-free and deterministic without per-thread
+copies of the volume, the volume is cut into slabs along its longest axis and each slab is owned
+by one task, which marches only the samples whose corners touch it (no extra memory beyond the
+gradient itself).
+
+Rays with ``step == 0`` are treated as absent: zero output and zero gradients (``render`` gives
+them to rays that miss the volume, whose samples all read 0 anyway).
 """
 
 from __future__ import annotations
@@ -14,23 +34,26 @@ import math
 import numpy as np
 import torch
 
-try:  # numba is optional: the module must import (and ``is_available`` answer) without it.
+try:  # numba is optional: this module must import (and ``is_available`` answer) without it.
     import numba
-    from llvmlite import ir as _llvm_ir
+    from llvmlite import ir as _ir
     from numba import njit, prange, types
     from numba.extending import intrinsic, overload
 
     _IMPORT_ERROR: Exception | None = None
-except Exception as exc:  # pragma: no cover - exercised only where numba is missing or broken
+except Exception as exc:  # pragma: no cover - only where numba is missing or broken
     numba = None
     _IMPORT_ERROR = exc
     prange = range
 
     def njit(*args, **kwargs):
-        """Stand-in decorator: leaves the kernels as plain (never called) Python functions."""
+        """Stand-in decorator: the kernels stay plain Python functions that are never called."""
         if len(args) == 1 and callable(args[0]) and not kwargs:
             return args[0]
         return lambda f: f
+
+
+__all__ = ["is_available", "raymarch"]
 
 
 def is_available() -> bool:
@@ -39,47 +62,127 @@ def is_available() -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# Scalar helpers (inlined into the kernels by LLVM)
+# Scalar building blocks
 # ---------------------------------------------------------------------------------------------
 
-_FM = {"nsz", "arcp", "contract", "afn"}  # no 'reassoc' (keeps p = start + s*delta exact), no 'nnan'
-_ZERO = np.float32(0.0)
-_ONE = np.float32(1.0)
+#: No 'reassoc' (sample positions p = start + s·delta stay exactly as written) and no 'nnan' /
+#: 'ninf' (the finiteness checks that guard memory accesses must survive).
+_FM = {"nsz", "arcp", "contract", "afn"}
+#: The vectorised inner loops also need 'reassoc' to vectorise their sums.
+_FMV = {"nsz", "arcp", "contract", "afn", "reassoc"}
+_F0 = np.float32(0.0)
+_F1 = np.float32(1.0)
+_NAN = np.float32(np.nan)
+#: Sample positions may be off by rounding; the inner (unchecked) loop keeps this far from edges.
+_MARGIN = 0.01
 
 
 def _to_f32(x):  # pragma: no cover - replaced by the overload below inside jitted code
-    """Promote one stored voxel value to float32 (float32, float16 bits or bfloat16 bits)."""
+    """Promote one stored voxel value (float32, float16 bits or bfloat16 bits) to float32."""
     raise NotImplementedError
 
 
 if _IMPORT_ERROR is None:
+    _I32 = _ir.IntType(32)
+    _I64 = _ir.IntType(64)
+
+    def _as_i64(builder, value, ty):
+        if ty.bitwidth == 64:
+            return value
+        return builder.sext(value, _I64) if ty.signed else builder.zext(value, _I64)
+
+    def _as_i32(builder, value, ty):
+        if ty.bitwidth > 32:
+            return builder.trunc(value, _I32)
+        if ty.bitwidth < 32:
+            return builder.sext(value, _I32) if ty.signed else builder.zext(value, _I32)
+        return value
+
+    @intrinsic
+    def _ld(typingctx, arr, idx):
+        """``arr.flat[idx]`` without wraparound or bounds checks (callers check ``idx``)."""
+        if not isinstance(arr, types.Array) or not isinstance(idx, types.Integer):
+            return None
+
+        def codegen(context, builder, sig, args):
+            a = context.make_array(sig.args[0])(context, builder, args[0])
+            ptr = builder.gep(a.data, [_as_i64(builder, args[1], sig.args[1])], inbounds=True)
+            return builder.load(ptr)
+
+        return arr.dtype(arr, idx), codegen
+
+    @intrinsic
+    def _ld_pair(typingctx, arr, idx):
+        """``(arr.flat[idx], arr.flat[idx + 1])`` as float32 with one load (vectorises to gathers)."""
+        if not isinstance(arr, types.Array) or not isinstance(idx, types.Integer):
+            return None
+        dtype = arr.dtype
+        if dtype not in (types.float32, types.uint16, types.int16):
+            return None
+
+        def codegen(context, builder, sig, args):
+            a = context.make_array(sig.args[0])(context, builder, args[0])
+            ptr = builder.gep(a.data, [_as_i64(builder, args[1], sig.args[1])], inbounds=True)
+            f32 = _ir.FloatType()
+            if dtype == types.float32:
+                v = builder.load(builder.bitcast(ptr, _I64.as_pointer()), align=4)
+                lo = builder.trunc(v, _I32)
+                hi = builder.trunc(builder.lshr(v, _ir.Constant(_I64, 32)), _I32)
+                lo, hi = builder.bitcast(lo, f32), builder.bitcast(hi, f32)
+            elif dtype == types.uint16:  # IEEE half bits
+                v = builder.load(builder.bitcast(ptr, _I32.as_pointer()), align=2)
+                h2 = builder.bitcast(v, _ir.VectorType(_ir.HalfType(), 2))
+                f2 = builder.fpext(h2, _ir.VectorType(f32, 2))
+                lo = builder.extract_element(f2, _ir.Constant(_I32, 0))
+                hi = builder.extract_element(f2, _ir.Constant(_I32, 1))
+            else:  # bfloat16 bits: the upper half of a float32
+                v = builder.load(builder.bitcast(ptr, _I32.as_pointer()), align=2)
+                lo = builder.bitcast(builder.shl(v, _ir.Constant(_I32, 16)), f32)
+                hi = builder.bitcast(builder.and_(v, _ir.Constant(_I32, 0xFFFF0000)), f32)
+            return context.make_tuple(builder, sig.return_type, [lo, hi])
+
+        return types.UniTuple(types.float32, 2)(arr, idx), codegen
+
+    @intrinsic
+    def _flat32(typingctx, fx, fy, fz, h, w):
+        """``(int(fz)·h + int(fy))·w + int(fx)`` in int32 (dword gathers; volume < 2**31 voxels)."""
+
+        def codegen(context, builder, sig, args):
+            x, y, z = (builder.fptosi(v, _I32) for v in args[:3])
+            hh = _as_i32(builder, args[3], sig.args[3])
+            ww = _as_i32(builder, args[4], sig.args[4])
+            zy = builder.add(builder.mul(z, hh, flags=["nsw"]), y, flags=["nsw"])
+            return builder.add(builder.mul(zy, ww, flags=["nsw"]), x, flags=["nsw"])
+
+        return types.int32(fx, fy, fz, h, w), codegen
+
+    @intrinsic
+    def _add32(typingctx, a, b):
+        """``a + b`` kept in int32 (numba would widen to int64)."""
+
+        def codegen(context, builder, sig, args):
+            lhs = _as_i32(builder, args[0], sig.args[0])
+            rhs = _as_i32(builder, args[1], sig.args[1])
+            return builder.add(lhs, rhs, flags=["nsw"])
+
+        return types.int32(a, b), codegen
 
     @intrinsic
     def _half_bits_to_f32(typingctx, bits):
-        """IEEE half stored as uint16 -> float32 (one ``vcvtph2ps`` with F16C)."""
-        if bits != types.uint16:
-            return None
-
-        def codegen(context, builder, signature, args):
-            return builder.fpext(builder.bitcast(args[0], _llvm_ir.HalfType()), _llvm_ir.FloatType())
+        def codegen(context, builder, sig, args):
+            return builder.fpext(builder.bitcast(args[0], _ir.HalfType()), _ir.FloatType())
 
         return types.float32(bits), codegen
 
     @intrinsic
     def _bf16_bits_to_f32(typingctx, bits):
-        """bfloat16 stored as int16 -> float32 (the upper half of the float32 bit pattern)."""
-        if bits != types.int16:
-            return None
-
-        def codegen(context, builder, signature, args):
-            wide = builder.shl(
-                builder.zext(args[0], _llvm_ir.IntType(32)), _llvm_ir.Constant(_llvm_ir.IntType(32), 16)
-            )
-            return builder.bitcast(wide, _llvm_ir.FloatType())
+        def codegen(context, builder, sig, args):
+            wide = builder.shl(builder.zext(args[0], _I32), _ir.Constant(_I32, 16))
+            return builder.bitcast(wide, _ir.FloatType())
 
         return types.float32(bits), codegen
 
-    @overload(_to_f32, inline="always")
+    @overload(_to_f32)
     def _to_f32_impl(x):
         if isinstance(x, types.Float):
             return lambda x: np.float32(x)
@@ -89,77 +192,107 @@ if _IMPORT_ERROR is None:
             return lambda x: _bf16_bits_to_f32(x)
         return None
 
+else:  # pragma: no cover
+    _ld = _ld_pair = _flat32 = _add32 = None
+
 
 @njit(fastmath=_FM, cache=True)
-def _corners(vol, x, y, z, D, H, W):
-    """The 8 trilinear corner values around (x, y, z) (0 outside the volume) and the weights."""
+def _axis_interior(p0, d, size, n):
+    """Samples ``[a, b)`` whose coordinate ``p0 + s·d`` lies safely inside ``[0, size - 1)``.
+
+    Computed in float64 with an inward margin that covers float32 rounding of the positions,
+    so every corner read by the unchecked loop is provably inside the volume.
+    """
+    m = _MARGIN + 1e-6 * (abs(p0) + n * abs(d))
+    lo = m
+    hi = size - 1.0 - m
+    if hi < lo:
+        return n, n
+    if d == 0.0:
+        if p0 >= lo and p0 <= hi:
+            return 0, n
+        return n, n
+    t0 = (lo - p0) / d
+    t1 = (hi - p0) / d
+    if t0 > t1:
+        t0, t1 = t1, t0
+    a = max(0.0, math.ceil(t0))
+    b = min(float(n), math.floor(t1) + 1.0)
+    if not b > a:
+        return n, n
+    return int(a), int(b)
+
+
+@njit(fastmath=_FM, cache=True)
+def _ray_interior(x0, y0, z0, dx, dy, dz, D, H, W, n):
+    """Samples ``[a, b)`` of a ray whose 8 corners are all inside (``a == b == n`` if none)."""
+    a0, b0 = _axis_interior(np.float64(x0), np.float64(dx), W, n)
+    a1, b1 = _axis_interior(np.float64(y0), np.float64(dy), H, n)
+    a2, b2 = _axis_interior(np.float64(z0), np.float64(dz), D, n)
+    a = max(a0, max(a1, a2))
+    b = min(b0, min(b1, b2))
+    if b <= a:
+        return n, n
+    return a, b
+
+
+@njit(fastmath=_FM, cache=True)
+def _finite_ray(x0, y0, z0, dx, dy, dz):
+    return (
+        math.isfinite(x0)
+        and math.isfinite(y0)
+        and math.isfinite(z0)
+        and math.isfinite(dx)
+        and math.isfinite(dy)
+        and math.isfinite(dz)
+    )
+
+
+@njit(fastmath=_FM, cache=True)
+def _corners_checked(vol, D, H, W, x, y, z):
+    """The 8 corner values around (x, y, z), 0 for corners outside, and the fractional offsets."""
     fx = math.floor(x)
     fy = math.floor(y)
     fz = math.floor(z)
-    tx = x - fx
-    ty = y - fy
-    tz = z - fz
-    ix = int(fx)
-    iy = int(fy)
-    iz = int(fz)
-    HW = H * W
-    if ix >= 0 and ix < W - 1 and iy >= 0 and iy < H - 1 and iz >= 0 and iz < D - 1:
-        i = (iz * H + iy) * W + ix
-        c000 = _to_f32(vol[i])
-        c001 = _to_f32(vol[i + 1])
-        c010 = _to_f32(vol[i + W])
-        c011 = _to_f32(vol[i + W + 1])
-        c100 = _to_f32(vol[i + HW])
-        c101 = _to_f32(vol[i + HW + 1])
-        c110 = _to_f32(vol[i + HW + W])
-        c111 = _to_f32(vol[i + HW + W + 1])
-    else:
-        c000 = _ZERO
-        c001 = _ZERO
-        c010 = _ZERO
-        c011 = _ZERO
-        c100 = _ZERO
-        c101 = _ZERO
-        c110 = _ZERO
-        c111 = _ZERO
-        vx0 = ix >= 0 and ix < W
-        vx1 = ix >= -1 and ix < W - 1
-        vy0 = iy >= 0 and iy < H
-        vy1 = iy >= -1 and iy < H - 1
-        vz0 = iz >= 0 and iz < D
-        vz1 = iz >= -1 and iz < D - 1
-        if vz0:
-            if vy0:
-                i = (iz * H + iy) * W + ix
-                if vx0:
-                    c000 = _to_f32(vol[i])
-                if vx1:
-                    c001 = _to_f32(vol[i + 1])
-            if vy1:
-                i = (iz * H + iy + 1) * W + ix
-                if vx0:
-                    c010 = _to_f32(vol[i])
-                if vx1:
-                    c011 = _to_f32(vol[i + 1])
-        if vz1:
-            if vy0:
-                i = ((iz + 1) * H + iy) * W + ix
-                if vx0:
-                    c100 = _to_f32(vol[i])
-                if vx1:
-                    c101 = _to_f32(vol[i + 1])
-            if vy1:
-                i = ((iz + 1) * H + iy + 1) * W + ix
-                if vx0:
-                    c110 = _to_f32(vol[i])
-                if vx1:
-                    c111 = _to_f32(vol[i + 1])
-    return c000, c001, c010, c011, c100, c101, c110, c111, tx, ty, tz
+    c000 = c001 = c010 = c011 = c100 = c101 = c110 = c111 = _F0
+    if fx >= -1.0 and fx < W and fy >= -1.0 and fy < H and fz >= -1.0 and fz < D:
+        ix = int(fx)
+        iy = int(fy)
+        iz = int(fz)
+        vx0 = ix >= 0
+        vx1 = ix < W - 1
+        for dz_ in range(2):
+            kz = iz + dz_
+            if kz < 0 or kz >= D:
+                continue
+            for dy_ in range(2):
+                ky = iy + dy_
+                if ky < 0 or ky >= H:
+                    continue
+                i = (kz * H + ky) * W + ix
+                v0 = _to_f32(_ld(vol, i)) if vx0 else _F0
+                v1 = _to_f32(_ld(vol, i + 1)) if vx1 else _F0
+                if dz_ == 0:
+                    if dy_ == 0:
+                        c000 = v0
+                        c001 = v1
+                    else:
+                        c010 = v0
+                        c011 = v1
+                else:
+                    if dy_ == 0:
+                        c100 = v0
+                        c101 = v1
+                    else:
+                        c110 = v0
+                        c111 = v1
+    return c000, c001, c010, c011, c100, c101, c110, c111, x - fx, y - fy, z - fz
 
 
 @njit(fastmath=_FM, cache=True)
-def _trilinear(vol, x, y, z, D, H, W):
-    c000, c001, c010, c011, c100, c101, c110, c111, tx, ty, tz = _corners(vol, x, y, z, D, H, W)
+def _sample_checked(vol, D, H, W, x, y, z):
+    """Zero-padded trilinear μ at (x, y, z) (any position)."""
+    c000, c001, c010, c011, c100, c101, c110, c111, tx, ty, tz = _corners_checked(vol, D, H, W, x, y, z)
     c00 = c000 + tx * (c001 - c000)
     c01 = c010 + tx * (c011 - c010)
     c10 = c100 + tx * (c101 - c100)
@@ -169,51 +302,588 @@ def _trilinear(vol, x, y, z, D, H, W):
     return c0 + tz * (c1 - c0)
 
 
+@njit(fastmath=_FM, cache=True)
+def _grad_checked(vol, D, H, W, x, y, z):
+    """Zero-padded trilinear μ and its gradient (dμ/dx, dμ/dy, dμ/dz) at (x, y, z)."""
+    c000, c001, c010, c011, c100, c101, c110, c111, tx, ty, tz = _corners_checked(vol, D, H, W, x, y, z)
+    c00 = c000 + tx * (c001 - c000)
+    c01 = c010 + tx * (c011 - c010)
+    c10 = c100 + tx * (c101 - c100)
+    c11 = c110 + tx * (c111 - c110)
+    c0 = c00 + ty * (c01 - c00)
+    c1 = c10 + ty * (c11 - c10)
+    e0 = (c001 - c000) + ty * ((c011 - c010) - (c001 - c000))
+    e1 = (c101 - c100) + ty * ((c111 - c110) - (c101 - c100))
+    return c0 + tz * (c1 - c0), e0 + tz * (e1 - e0), (c01 - c00) + tz * ((c11 - c10) - (c01 - c00)), c1 - c0
+
+
+@njit(fastmath=_FMV, cache=True)
+def _sum_inner(vol, H, W, x0, y0, z0, dx, dy, dz, s0, s1):
+    """Σ μ(p_s) over interior samples ``[s0, s1)``: branch-free, vectorised across samples."""
+    HW = H * W
+    acc = _F0
+    for s in range(s0, s1):
+        sf = np.float32(s)
+        x = x0 + sf * dx
+        y = y0 + sf * dy
+        z = z0 + sf * dz
+        fx = np.floor(x)
+        fy = np.floor(y)
+        fz = np.floor(z)
+        tx = x - fx
+        ty = y - fy
+        tz = z - fz
+        i = _flat32(fx, fy, fz, H, W)
+        c000, c001 = _ld_pair(vol, i)
+        c010, c011 = _ld_pair(vol, _add32(i, W))
+        c100, c101 = _ld_pair(vol, _add32(i, HW))
+        c110, c111 = _ld_pair(vol, _add32(i, HW + W))
+        c00 = c000 + tx * (c001 - c000)
+        c01 = c010 + tx * (c011 - c010)
+        c10 = c100 + tx * (c101 - c100)
+        c11 = c110 + tx * (c111 - c110)
+        c0 = c00 + ty * (c01 - c00)
+        c1 = c10 + ty * (c11 - c10)
+        acc += c0 + tz * (c1 - c0)
+    return acc
+
+
+@njit(fastmath=_FMV, cache=True)
+def _grad_inner(vol, H, W, x0, y0, z0, dx, dy, dz, s0, s1):
+    """Σ μ, Σ ∇μ and Σ s·∇μ over interior samples ``[s0, s1)`` (vectorised)."""
+    HW = H * W
+    sm = gx = gy = gz = sx = sy = sz = _F0
+    for s in range(s0, s1):
+        sf = np.float32(s)
+        x = x0 + sf * dx
+        y = y0 + sf * dy
+        z = z0 + sf * dz
+        fx = np.floor(x)
+        fy = np.floor(y)
+        fz = np.floor(z)
+        tx = x - fx
+        ty = y - fy
+        tz = z - fz
+        i = _flat32(fx, fy, fz, H, W)
+        c000, c001 = _ld_pair(vol, i)
+        c010, c011 = _ld_pair(vol, _add32(i, W))
+        c100, c101 = _ld_pair(vol, _add32(i, HW))
+        c110, c111 = _ld_pair(vol, _add32(i, HW + W))
+        d00 = c001 - c000
+        d01 = c011 - c010
+        d10 = c101 - c100
+        d11 = c111 - c110
+        c00 = c000 + tx * d00
+        c01 = c010 + tx * d01
+        c10 = c100 + tx * d10
+        c11 = c110 + tx * d11
+        c0 = c00 + ty * (c01 - c00)
+        c1 = c10 + ty * (c11 - c10)
+        e0 = d00 + ty * (d01 - d00)
+        e1 = d10 + ty * (d11 - d10)
+        vx = e0 + tz * (e1 - e0)
+        vy = (c01 - c00) + tz * ((c11 - c10) - (c01 - c00))
+        vz = c1 - c0
+        sm += c0 + tz * vz
+        gx += vx
+        gy += vy
+        gz += vz
+        sx += sf * vx
+        sy += sf * vy
+        sz += sf * vz
+    return sm, gx, gy, gz, sx, sy, sz
+
+
+@njit(fastmath=_FM, cache=True)
+def _sum_range(vol, D, H, W, x0, y0, z0, dx, dy, dz, sa, sb, a, b):
+    """Σ μ(p_s) for s in ``[sa, sb)``; ``[a, b)`` is the ray's interior (unchecked) part."""
+    acc = _F0
+    for s in range(sa, min(sb, a)):
+        sf = np.float32(s)
+        acc += _sample_checked(vol, D, H, W, x0 + sf * dx, y0 + sf * dy, z0 + sf * dz)
+    lo = max(sa, a)
+    hi = min(sb, b)
+    if hi > lo:
+        acc += _sum_inner(vol, H, W, x0, y0, z0, dx, dy, dz, lo, hi)
+    for s in range(max(sa, b), sb):
+        sf = np.float32(s)
+        acc += _sample_checked(vol, D, H, W, x0 + sf * dx, y0 + sf * dy, z0 + sf * dz)
+    return acc
+
+
+@njit(fastmath=_FM, cache=True)
+def _grad_range(vol, D, H, W, x0, y0, z0, dx, dy, dz, sa, sb, a, b):
+    """``(Σμ, Σ∇μ, Σ s·∇μ)`` for s in ``[sa, sb)`` (7 floats); ``[a, b)`` as in ``_sum_range``."""
+    sm = gx = gy = gz = sx = sy = sz = _F0
+    lo = max(sa, a)
+    hi = min(sb, b)
+    if hi > lo:
+        sm, gx, gy, gz, sx, sy, sz = _grad_inner(vol, H, W, x0, y0, z0, dx, dy, dz, lo, hi)
+    for part in range(2):  # the checked samples before and after the interior
+        p0 = sa if part == 0 else max(sa, b)
+        p1 = min(sb, a) if part == 0 else sb
+        for s in range(p0, p1):
+            sf = np.float32(s)
+            m, vx, vy, vz = _grad_checked(vol, D, H, W, x0 + sf * dx, y0 + sf * dy, z0 + sf * dz)
+            sm += m
+            gx += vx
+            gy += vy
+            gz += vz
+            sx += sf * vx
+            sy += sf * vy
+            sz += sf * vz
+    return sm, gx, gy, gz, sx, sy, sz
+
+
+@njit(fastmath=_FM, cache=True)
+def _label_at(lab, D, H, W, x, y, z):
+    """Label of the voxel nearest (x, y, z) (round half to even), 0 outside the volume."""
+    rx = np.rint(x)
+    ry = np.rint(y)
+    rz = np.rint(z)
+    if rx >= 0.0 and rx <= W - 1 and ry >= 0.0 and ry <= H - 1 and rz >= 0.0 and rz <= D - 1:
+        return np.int64(_ld(lab, (int(rz) * H + int(ry)) * W + int(rx)))
+    return np.int64(0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernels (parallel over rays)
+# ---------------------------------------------------------------------------------------------
+
+
 @njit(parallel=True, fastmath=_FM, cache=True)
-def _fwd_plain(vol, D, H, W, start, delta, step, n_samples, out, block):
+def _fwd_plain(vol, D, H, W, start, delta, step, n, out, n_groups, block):
+    """``out[r] = step[r] · Σ_s μ(start[r] + s·delta[r])``."""
     R = step.shape[0]
-    nblk = (R + block - 1) // block
-    for b in prange(nblk):
-        for r in range(b * block, min(R, (b + 1) * block)):
-            st = step[r]
-            if st == 0:
-                out[r] = _ZERO
-                continue
-            x0 = start[r, 0]
-            y0 = start[r, 1]
-            z0 = start[r, 2]
-            dx = delta[r, 0]
-            dy = delta[r, 1]
-            dz = delta[r, 2]
-            acc = _ZERO
-            for s in range(n_samples):
-                sf = np.float32(s)
-                acc += _trilinear(vol, x0 + sf * dx, y0 + sf * dy, z0 + sf * dz, D, H, W)
-            out[r] = acc * st
+    n_blocks = (R + block - 1) // block
+    for g in prange(n_groups):
+        for blk in range(g, n_blocks, n_groups):
+            for r in range(blk * block, min(R, blk * block + block)):
+                st = step[r]
+                if st == 0:
+                    out[r] = _F0
+                    continue
+                x0, y0, z0 = start[r, 0], start[r, 1], start[r, 2]
+                dx, dy, dz = delta[r, 0], delta[r, 1], delta[r, 2]
+                if not _finite_ray(x0, y0, z0, dx, dy, dz):
+                    out[r] = _NAN
+                    continue
+                a, b = _ray_interior(x0, y0, z0, dx, dy, dz, D, H, W, n)
+                out[r] = st * _sum_range(vol, D, H, W, x0, y0, z0, dx, dy, dz, 0, n, a, b)
 
 
-def raymarch(vol, lab, n_classes, start, delta, step, n_samples):
-    """WIP."""
-    D, H, W = vol.shape
-    B, N, _ = start.shape
-    out = torch.empty(B, 1, N, dtype=torch.float32)
-    v = vol.detach().contiguous()
-    if v.dtype == torch.float16:
-        vn = v.view(torch.int16).numpy().view(np.uint16).reshape(-1)
-    elif v.dtype == torch.bfloat16:
-        vn = v.view(torch.int16).numpy().reshape(-1)
-    else:
-        vn = v.numpy().reshape(-1)
-    _fwd_plain(
-        vn,
-        D,
-        H,
-        W,
+@njit(parallel=True, fastmath=_FM, cache=True)
+def _fwd_labels(vol, lab, D, H, W, C, N, start, delta, step, n, out, n_groups, block):
+    """``out[(b·C + c)·N + i] = step · Σ_s μ(p_s)·[label(p_s) == c]`` (``out`` zeroed, flat)."""
+    R = step.shape[0]
+    n_blocks = (R + block - 1) // block
+    for g in prange(n_groups):
+        for blk in range(g, n_blocks, n_groups):
+            for r in range(blk * block, min(R, blk * block + block)):
+                st = step[r]
+                if st == 0:
+                    continue
+                base = (r // N) * C * N + r % N
+                x0, y0, z0 = start[r, 0], start[r, 1], start[r, 2]
+                dx, dy, dz = delta[r, 0], delta[r, 1], delta[r, 2]
+                if not _finite_ray(x0, y0, z0, dx, dy, dz):
+                    for c in range(C):
+                        out[base + c * N] = _NAN
+                    continue
+                a, b = _ray_interior(x0, y0, z0, dx, dy, dz, D, H, W, n)
+                cur = _label_at(lab, D, H, W, x0, y0, z0)
+                run0 = 0
+                for s in range(1, n + 1):
+                    if s < n:
+                        sf = np.float32(s)
+                        lbl = _label_at(lab, D, H, W, x0 + sf * dx, y0 + sf * dy, z0 + sf * dz)
+                        if lbl == cur:
+                            continue
+                    else:
+                        lbl = -1
+                    if cur >= 0 and cur < C:
+                        acc = _sum_range(vol, D, H, W, x0, y0, z0, dx, dy, dz, run0, s, a, b)
+                        out[base + cur * N] += st * acc
+                    cur = lbl
+                    run0 = s
+
+
+@njit(parallel=True, fastmath=_FM, cache=True)
+def _bwd_rays(
+    vol, lab, C, N, D, H, W, gout, start, delta, step, n, dstart, ddelta, dstep, pos, need_step, n_groups, block
+):
+    """Per-ray gradients: dstep = Σ g·μ, dstart = step·Σ g·∇μ, ddelta = step·Σ s·g·∇μ.
+
+    ``lab`` has size 0 for plain renders (``C == 1``); ``pos`` says whether dstart/ddelta are needed
+    (else only the cheaper Σ g·μ is computed), ``need_step`` whether dstep is (it is the only one
+    that rays with step == 0 can have). ``gout`` is the flat ``[B, C, N]`` output gradient.
+    """
+    R = step.shape[0]
+    has_lab = lab.size > 0
+    n_blocks = (R + block - 1) // block
+    for g in prange(n_groups):
+        for blk in range(g, n_blocks, n_groups):
+            for r in range(blk * block, min(R, blk * block + block)):
+                st = step[r]
+                sm = gx = gy = gz = sx = sy = sz = np.float64(0.0)
+                x0, y0, z0 = start[r, 0], start[r, 1], start[r, 2]
+                dx, dy, dz = delta[r, 0], delta[r, 1], delta[r, 2]
+                # With step == 0 only dstep = Σ g·μ can be nonzero (render's missed rays give 0).
+                if (st != 0 or need_step) and _finite_ray(x0, y0, z0, dx, dy, dz):
+                    pos_r = pos and st != 0
+                    a, b = _ray_interior(x0, y0, z0, dx, dy, dz, D, H, W, n)
+                    base = (r // N) * C * N + r % N
+                    cur = _label_at(lab, D, H, W, x0, y0, z0) if has_lab else np.int64(0)
+                    run0 = 0
+                    for s in range(1, n + 1):
+                        if s < n:
+                            if not has_lab:
+                                continue
+                            sf = np.float32(s)
+                            lbl = _label_at(lab, D, H, W, x0 + sf * dx, y0 + sf * dy, z0 + sf * dz)
+                            if lbl == cur:
+                                continue
+                        else:
+                            lbl = -1
+                        if cur >= 0 and cur < C:
+                            w = np.float64(gout[base + cur * N])
+                            if w != 0.0:
+                                if pos_r:
+                                    m, vx, vy, vz, ux, uy, uz = _grad_range(
+                                        vol, D, H, W, x0, y0, z0, dx, dy, dz, run0, s, a, b
+                                    )
+                                    sm += w * m
+                                    gx += w * vx
+                                    gy += w * vy
+                                    gz += w * vz
+                                    sx += w * ux
+                                    sy += w * uy
+                                    sz += w * uz
+                                else:
+                                    sm += w * _sum_range(vol, D, H, W, x0, y0, z0, dx, dy, dz, run0, s, a, b)
+                        cur = lbl
+                        run0 = s
+                dstep[r] = sm
+                if pos:
+                    dstart[r, 0] = st * gx
+                    dstart[r, 1] = st * gy
+                    dstart[r, 2] = st * gz
+                    ddelta[r, 0] = st * sx
+                    ddelta[r, 1] = st * sy
+                    ddelta[r, 2] = st * sz
+
+
+@njit(fastmath=_FM, cache=True)
+def _slab_range(p0, d, lo, hi, n):
+    """Samples ``[a, b)`` (a superset, with margin) whose corners' coordinate can lie in [lo, hi)."""
+    m = _MARGIN + 1e-6 * (abs(p0) + n * abs(d))
+    lo_ = lo - 1.0 - m
+    hi_ = hi + m
+    if d == 0.0:
+        if p0 >= lo_ and p0 <= hi_:
+            return 0, n
+        return 0, 0
+    t0 = (lo_ - p0) / d
+    t1 = (hi_ - p0) / d
+    if t0 > t1:
+        t0, t1 = t1, t0
+    a = max(0.0, math.ceil(t0))
+    b = min(float(n), math.floor(t1) + 1.0)
+    if not b > a:
+        return 0, 0
+    return int(a), int(b)
+
+
+@njit(parallel=True, fastmath=_FM, cache=True)
+def _bwd_vol(lab, C, N, D, H, W, gout, start, delta, step, n, axis, slab, n_workers, dvol):
+    """dvol[v] += Σ_rays Σ_s step·g·w_v(p_s) (trilinear weight of voxel v), race-free.
+
+    The volume is cut into slabs of ``slab`` planes along ``axis`` (0, 1, 2 = k, j, i); worker
+    ``t`` owns slabs t, t + n_workers, ... and writes only corners inside the slab it is on.
+    """
+    R = step.shape[0]
+    has_lab = lab.size > 0
+    size = D if axis == 0 else (H if axis == 1 else W)
+    n_slabs = (size + slab - 1) // slab
+    HW = H * W
+    for t in prange(n_workers):
+        for sl in range(t, n_slabs, n_workers):
+            lo = sl * slab
+            hi = min(size, lo + slab)
+            for r in range(R):
+                st = step[r]
+                if st == 0:
+                    continue
+                x0, y0, z0 = start[r, 0], start[r, 1], start[r, 2]
+                dx, dy, dz = delta[r, 0], delta[r, 1], delta[r, 2]
+                if not _finite_ray(x0, y0, z0, dx, dy, dz):
+                    continue
+                if axis == 0:
+                    sa, sb = _slab_range(np.float64(z0), np.float64(dz), lo, hi, n)
+                elif axis == 1:
+                    sa, sb = _slab_range(np.float64(y0), np.float64(dy), lo, hi, n)
+                else:
+                    sa, sb = _slab_range(np.float64(x0), np.float64(dx), lo, hi, n)
+                base = (r // N) * C * N + r % N
+                g_plain = gout[base]
+                for s in range(sa, sb):
+                    sf = np.float32(s)
+                    x = x0 + sf * dx
+                    y = y0 + sf * dy
+                    z = z0 + sf * dz
+                    if has_lab:
+                        lbl = _label_at(lab, D, H, W, x, y, z)
+                        if lbl < 0 or lbl >= C:
+                            continue
+                        gw = gout[base + lbl * N]
+                    else:
+                        gw = g_plain
+                    if gw == 0:
+                        continue
+                    fx = math.floor(x)
+                    fy = math.floor(y)
+                    fz = math.floor(z)
+                    if not (fx >= -1.0 and fx < W and fy >= -1.0 and fy < H and fz >= -1.0 and fz < D):
+                        continue
+                    w = st * gw
+                    tx = x - fx
+                    ty = y - fy
+                    tz = z - fz
+                    ix = int(fx)
+                    iy = int(fy)
+                    iz = int(fz)
+                    for cz in range(2):
+                        kz = iz + cz
+                        if kz < 0 or kz >= D or (axis == 0 and (kz < lo or kz >= hi)):
+                            continue
+                        wz = w * (tz if cz else _F1 - tz)
+                        for cy in range(2):
+                            ky = iy + cy
+                            if ky < 0 or ky >= H or (axis == 1 and (ky < lo or ky >= hi)):
+                                continue
+                            wzy = wz * (ty if cy else _F1 - ty)
+                            for cx in range(2):
+                                kx = ix + cx
+                                if kx < 0 or kx >= W or (axis == 2 and (kx < lo or kx >= hi)):
+                                    continue
+                                dvol[kz * HW + ky * W + kx] += wzy * (tx if cx else _F1 - tx)
+
+
+# ---------------------------------------------------------------------------------------------
+# torch glue
+# ---------------------------------------------------------------------------------------------
+
+_BLOCK = 16  # rays per block; blocks are dealt round-robin to 8 groups per thread
+_LABEL_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+_EMPTY_LAB = np.zeros(0, np.uint8)
+
+
+def _threads() -> int:
+    return int(numba.get_num_threads())
+
+
+def _vol_np(vol: torch.Tensor) -> np.ndarray:
+    """Flat numpy view of a float32 / float16 / bfloat16 volume (16-bit kinds as their bits)."""
+    flat = vol.detach().reshape(-1)
+    if flat.dtype == torch.float16:
+        return flat.view(torch.int16).numpy().view(np.uint16)
+    if flat.dtype == torch.bfloat16:
+        return flat.view(torch.int16).numpy()
+    return flat.numpy()
+
+
+def _lab_np(lab: torch.Tensor | None) -> np.ndarray:
+    return _EMPTY_LAB if lab is None else lab.reshape(-1).numpy()
+
+
+def _geometry_np(start, delta, step):
+    return (
         start.detach().reshape(-1, 3).numpy(),
         delta.detach().reshape(-1, 3).numpy(),
         step.detach().reshape(-1).numpy(),
-        n_samples,
-        out.view(-1).numpy(),
-        64,
     )
+
+
+def _forward_impl(vol, lab, n_classes, start, delta, step, n_samples):
+    D, H, W = vol.shape
+    B, N = step.shape
+    st, de, sp = _geometry_np(start, delta, step)
+    n_groups = 8 * _threads()
+    if lab is None:
+        out = torch.empty(B, 1, N, dtype=torch.float32)
+        _fwd_plain(_vol_np(vol), D, H, W, st, de, sp, n_samples, out.view(-1).numpy(), n_groups, _BLOCK)
+    else:
+        out = torch.zeros(B, n_classes, N, dtype=torch.float32)
+        flat = out.view(-1).numpy()
+        _fwd_labels(
+            _vol_np(vol), _lab_np(lab), D, H, W, n_classes, N, st, de, sp, n_samples, flat, n_groups, _BLOCK
+        )
     return out
+
+
+def _backward_impl(grad, vol, lab, n_classes, start, delta, step, n_samples, need_vol, need_pos, need_step):
+    D, H, W = vol.shape
+    B, N = step.shape
+    st, de, sp = _geometry_np(start, delta, step)
+    g = grad.detach().to(torch.float32).contiguous().view(-1).numpy()
+    C = n_classes if lab is not None else 1
+    empty = torch.empty(0, dtype=torch.float32)
+    dvol, dstart, ddelta, dstep = empty, empty, empty, empty
+    if need_pos or need_step:
+        dstep64 = np.empty(B * N, np.float64)
+        pos = bool(need_pos)
+        dstart64 = np.empty((B * N, 3) if pos else (0, 3), np.float64)
+        ddelta64 = np.empty((B * N, 3) if pos else (0, 3), np.float64)
+        _bwd_rays(
+            _vol_np(vol), _lab_np(lab), C, N, D, H, W, g, st, de, sp, n_samples,
+            dstart64, ddelta64, dstep64, pos, bool(need_step), 8 * _threads(), _BLOCK,
+        )  # fmt: skip
+        if need_step:
+            dstep = torch.from_numpy(dstep64).to(torch.float32).view(B, N)
+        if pos:
+            dstart = torch.from_numpy(dstart64).to(torch.float32).view(B, N, 3)
+            ddelta = torch.from_numpy(ddelta64).to(torch.float32).view(B, N, 3)
+    if need_vol:
+        sizes = (D, H, W)
+        axis = int(np.argmax(sizes))  # most slabs -> best balance; ties go to the slowest axis
+        workers = _threads()
+        slab = max(2, -(-sizes[axis] // (8 * workers)))
+        dv = torch.zeros(D * H * W, dtype=torch.float32)
+        _bwd_vol(
+            _lab_np(lab), C, N, D, H, W, g, st, de, sp, n_samples, axis, slab, workers, dv.numpy(),
+        )  # fmt: skip
+        dvol = dv.view(D, H, W).to(vol.dtype)
+    return dvol, dstart, ddelta, dstep
+
+
+# The ops are opaque to torch.compile (registered fake kernels give output shapes).
+_raymarch_op = torch.library.custom_op(
+    "nanodrr_engine::numba_raymarch",
+    _forward_impl,
+    mutates_args=(),
+    device_types="cpu",
+    schema="(Tensor vol, Tensor? lab, int n_classes, Tensor start, Tensor delta, Tensor step, "
+    "int n_samples) -> Tensor",
+)
+_raymarch_backward_op = torch.library.custom_op(
+    "nanodrr_engine::numba_raymarch_backward",
+    _backward_impl,
+    mutates_args=(),
+    device_types="cpu",
+    schema="(Tensor grad, Tensor vol, Tensor? lab, int n_classes, Tensor start, Tensor delta, Tensor step, "
+    "int n_samples, bool need_vol, bool need_pos, bool need_step) -> (Tensor, Tensor, Tensor, Tensor)",
+)
+
+
+@_raymarch_op.register_fake
+def _(vol, lab, n_classes, start, delta, step, n_samples):
+    return start.new_empty(step.shape[0], n_classes, step.shape[1])
+
+
+@_raymarch_backward_op.register_fake
+def _(grad, vol, lab, n_classes, start, delta, step, n_samples, need_vol, need_pos, need_step):
+    empty = start.new_empty(0)
+    return (
+        vol.new_empty(vol.shape) if need_vol else empty,
+        start.new_empty(start.shape) if need_pos else empty,
+        delta.new_empty(delta.shape) if need_pos else empty,
+        step.new_empty(step.shape) if need_step else empty,
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    vol, lab, n_classes, start, delta, step, n_samples = inputs
+    ctx.save_for_backward(vol, lab, start, delta, step)
+    ctx.n_classes = n_classes
+    ctx.n_samples = n_samples
+
+
+def _backward(ctx, grad):
+    vol, lab, start, delta, step = ctx.saved_tensors
+    need_vol = ctx.needs_input_grad[0]
+    need_pos = ctx.needs_input_grad[3] or ctx.needs_input_grad[4]
+    need_step = ctx.needs_input_grad[5]
+    dvol, dstart, ddelta, dstep = _raymarch_backward_op(
+        grad, vol, lab, ctx.n_classes, start, delta, step, ctx.n_samples, need_vol, need_pos, need_step
+    )
+    return (
+        dvol if need_vol else None,
+        None,
+        None,
+        dstart if ctx.needs_input_grad[3] else None,
+        ddelta if ctx.needs_input_grad[4] else None,
+        dstep if need_step else None,
+        None,
+    )
+
+
+_raymarch_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def raymarch(
+    vol: torch.Tensor,
+    lab: torch.Tensor | None,
+    n_classes: int,
+    start: torch.Tensor,
+    delta: torch.Tensor,
+    step: torch.Tensor,
+    n_samples: int,
+) -> torch.Tensor:
+    """Fused numba ray march; see :mod:`nanodrr_engine.drr.backends` for the exact contract.
+
+    Args:
+        vol: ``[D, H, W]`` μ (float32, float16 or bfloat16 read natively; other floats are cast).
+        lab: ``[D, H, W]`` integer labels, or ``None`` (required when ``n_classes > 1``).
+        n_classes: ``C >= 1`` output channels.
+        start: ``[B, N, 3]`` voxel coordinates (i, j, k) of each ray's first sample.
+        delta: ``[B, N, 3]`` voxel-coordinate step between samples.
+        step: ``[B, N]`` step length in mm (0: the ray is skipped).
+        n_samples: ``S >= 1`` samples per ray.
+
+    Returns:
+        ``[B, C, N]`` float32 line integrals, differentiable w.r.t. vol, start, delta and step.
+    """
+    if not is_available():
+        raise RuntimeError(f"numba backend: numba could not be imported ({_IMPORT_ERROR!r})")
+    if not isinstance(vol, torch.Tensor) or vol.dim() != 3 or not vol.is_floating_point():
+        raise ValueError(f"vol: expected a floating [D, H, W] tensor, got {_describe(vol)}")
+    for name, t in (("vol", vol), ("lab", lab), ("start", start), ("delta", delta), ("step", step)):
+        if isinstance(t, torch.Tensor) and t.device.type != "cpu":
+            raise ValueError(f"{name}: the numba backend runs on CPU tensors, got device {t.device}")
+    if vol.numel() >= 2**31 - 1:
+        raise ValueError(f"vol: at most 2**31 - 1 voxels are supported, got shape {tuple(vol.shape)}")
+    if min(vol.shape) < 1:
+        raise ValueError(f"vol: empty volume of shape {tuple(vol.shape)}")
+    if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
+        raise ValueError(f"n_classes: expected an int >= 1, got {n_classes!r}")
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+        raise ValueError(f"n_samples: expected an int >= 1, got {n_samples!r}")
+    if not isinstance(start, torch.Tensor) or start.dim() != 3 or start.shape[-1] != 3:
+        raise ValueError(f"start: expected a [B, N, 3] tensor, got {_describe(start)}")
+    if not isinstance(delta, torch.Tensor) or delta.shape != start.shape:
+        raise ValueError(f"delta: expected shape {tuple(start.shape)} like start, got {_describe(delta)}")
+    if not isinstance(step, torch.Tensor) or step.shape != start.shape[:2]:
+        raise ValueError(f"step: expected shape {tuple(start.shape[:2])}, got {_describe(step)}")
+    if n_classes > 1:
+        if not isinstance(lab, torch.Tensor) or lab.shape != vol.shape:
+            raise ValueError(
+                f"lab: n_classes={n_classes} needs a label tensor of shape {tuple(vol.shape)}, got {_describe(lab)}"
+            )
+        if lab.is_floating_point() or lab.is_complex():
+            raise ValueError(f"lab: expected an integer tensor, got {lab.dtype}")
+        if lab.dtype not in _LABEL_DTYPES:  # bool, uint16/32/64: widen once
+            lab = lab.to(torch.int64)
+        lab = lab.contiguous()
+    else:
+        lab = None  # with one channel every sample goes to channel 0
+    if vol.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        vol = vol.float()
+    vol = vol.contiguous()
+    start, delta, step = (t.to(torch.float32).contiguous() for t in (start, delta, step))
+    return _raymarch_op(vol, lab, n_classes, start, delta, step, n_samples)
+
+
+def _describe(t) -> str:
+    if isinstance(t, torch.Tensor):
+        return f"tensor of shape {tuple(t.shape)} and dtype {t.dtype}"
+    return repr(type(t).__name__) if t is not None else "None"

@@ -399,11 +399,11 @@ def _split(device: torch.device, programs: int, n_samples: int, partial_elems: i
     """Sample-range chunks: a launch with fewer programs than the GPU holds trades a partial-sum
     buffer (``partial_elems`` floats per chunk) for parallelism."""
     target = _target_programs(device)
-    if programs >= target:
+    if programs <= 0 or programs >= target:
         return 1
     split = min(triton.cdiv(target, programs), _MAX_SPLIT, max(1, n_samples // _MIN_CHUNK))
-    split = min(split, max(1, _MAX_PARTIAL // max(partial_elems, 1)))
-    return max(1, split)
+    split = max(1, min(split, _MAX_PARTIAL // max(partial_elems, 1)))
+    return triton.cdiv(n_samples, triton.cdiv(n_samples, split))  # no empty chunk
 
 
 def _prepare(vol: Tensor, lab: Tensor | None, n_classes: int, start: Tensor):

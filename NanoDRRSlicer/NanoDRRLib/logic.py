@@ -1,0 +1,491 @@
+"""``NanoDRRLogic``: the headless facade the module widget (and scripts) call.
+
+Every public method validates all of its inputs first and raises :class:`NanoDRRError` (naming the
+node or parameter) before creating or modifying any node, so a failed call leaves the scene as it was.
+
+What ``render`` computes (docs/geometry.md): the line integral ∫μ ds along each detector pixel's ray,
+μ from HU by the engine's bilinear model. With a segmentation, the CT is restricted to the union of
+the selected (by default: visible) segments: each ray sample counts only if its nearest CT voxel is
+inside a segment — the engine's labelmap semantics, so the restricted DRR plus the DRR of the rest
+is the plain DRR. ``displayMode="transmission"`` stores I/I0 = exp(−∫μ ds) instead.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import slicer
+import torch
+
+from . import carm as _carm
+from .conversion import (
+    SubjectCache,
+    checkVolumeNode,
+    nodeLabel,
+    volumeCenter,
+    volumeShape,
+    volumeToWorld,
+)
+from .errors import NanoDRRError
+from .geometry import CArmGeometry
+from .geometry_model import updateGeometryModel as _updateGeometryModel
+from .output import (
+    DISPLAY_MODES,
+    GREY,
+    INVERTED_GREY,
+    checkOutputNode,
+    detectorIJKToRAS,
+    segmentColorNode,
+    writeDRR,
+)
+from .segments import (
+    channelGroups,
+    checkSegmentationNode,
+    ensureBinaryLabelmaps,
+    layersOnGrid,
+    segmentationKey,
+    segmentColor,
+    segmentName,
+    selectSegmentIds,
+    unionMask,
+    voxelCounts,
+)
+
+BACKENDS = ("auto", "numba", "triton", "torch")
+
+
+def resolveDevice(device) -> torch.device:
+    """``None``/"auto" → CUDA if available, else MPS, else CPU; explicit devices must be available."""
+    mps = getattr(torch.backends, "mps", None)
+    mpsOk = bool(mps is not None and mps.is_available())
+    if device is None or (isinstance(device, str) and device.lower() == "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps") if mpsOk else torch.device("cpu")
+    try:
+        d = device if isinstance(device, torch.device) else torch.device(str(device).lower())
+    except (RuntimeError, TypeError):
+        raise NanoDRRError(f"device: expected 'auto', 'cpu', 'cuda' or 'mps', got {device!r}") from None
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise NanoDRRError("device: 'cuda' was requested but no CUDA GPU is available")
+    if d.type == "mps" and not mpsOk:
+        raise NanoDRRError("device: 'mps' was requested but Apple MPS is not available")
+    if d.type not in ("cpu", "cuda", "mps"):
+        raise NanoDRRError(f"device: unsupported device type {d.type!r}")
+    return d
+
+
+@dataclass
+class _Request:
+    """A validated render request."""
+
+    scene: object
+    voxelToWorld: np.ndarray
+    pose: np.ndarray
+    geometry: CArmGeometry
+    nSamples: int
+    device: torch.device
+    mu: dict
+    displayMode: str
+    backend: str
+
+
+class NanoDRRLogic:
+    """Renders DRRs of MRML volume nodes through the ``nanodrr_engine``.
+
+    Attributes:
+        lastTimings: seconds spent in the last render call: ``validate``, ``convert`` (node → subject,
+            cached), ``render`` (engine), ``output`` (array → node) and ``total``.
+        lastRenderPasses: engine calls made by the last render call.
+    """
+
+    def __init__(self, maxCachedVolumes: int = 2) -> None:
+        self._cache = SubjectCache(maxVolumes=maxCachedVolumes)
+        self._drrs: OrderedDict[tuple, object] = OrderedDict()
+        self.lastTimings: dict[str, float] = {}
+        self.lastRenderPasses = 0
+
+    # --- cache -------------------------------------------------------------------------------
+
+    @property
+    def conversionCount(self) -> int:
+        """How many times a volume node's voxels were converted (cache misses)."""
+        return self._cache.conversionCount
+
+    @property
+    def labelConversionCount(self) -> int:
+        """How many times segment masks were rebuilt on the CT grid (cache misses)."""
+        return self._cache.labelConversionCount
+
+    def clearCache(self) -> None:
+        """Drop converted volumes and masks (e.g. to free memory)."""
+        self._cache.clear()
+        self._drrs.clear()
+
+    # --- C-arm pose ----------------------------------------------------------------------------
+
+    def isocenter(self, volumeNode) -> np.ndarray:
+        """World position of the volume's centre (parent transforms included), ``[3]`` mm."""
+        return _carm.isocenter(volumeNode)
+
+    def createCArmTransform(
+        self, volumeNode, sod=850.0, orientation="AP", rotation=(0.0, 0.0, 0.0), name=None
+    ):
+        """New C-arm linear transform node; ToWorld = make_rt_inv(rotation, (0, sod, 0), "AP", isocenter).
+
+        See :mod:`NanoDRRLib.carm` for the "PA"/None orientations and the clinical angles.
+        """
+        return _carm.createCArmTransform(volumeNode, sod, orientation, rotation, name)
+
+    def setCArmAngles(self, carmNode, volumeNode, primary=0.0, secondary=0.0, sod=850.0) -> None:
+        """Pose the C-arm at DICOM angles: primary + = LAO / − = RAO, secondary + = CRAN / − = CAUD."""
+        _carm.setCArmAngles(carmNode, volumeNode, primary, secondary, sod)
+
+    def getCArmAngles(self, carmNode, volumeNode) -> tuple[float, float, float]:
+        """``(primary, secondary, sod)`` of the C-arm about the volume's centre."""
+        return _carm.getCArmAngles(carmNode, volumeNode)
+
+    def updateGeometryModel(self, carmNode, geometry: CArmGeometry, modelNode=None):
+        """Source, beam frustum and detector outline as a model under the C-arm transform."""
+        return _updateGeometryModel(carmNode, geometry, modelNode)
+
+    # --- validation ----------------------------------------------------------------------------
+
+    def _validate(
+        self, volumeNode, carmNode, geometry, nSamples, device, muBone, muWater, displayMode, backend
+    ) -> _Request:
+        checkVolumeNode(volumeNode)
+        scene = volumeNode.GetScene()
+        voxelToWorld = volumeToWorld(volumeNode)
+        pose = _carm.cArmToWorld(carmNode)
+        if carmNode.GetScene() is not scene:
+            raise NanoDRRError(f"carmNode {nodeLabel(carmNode)}: is not in the volume's scene")
+        if not isinstance(geometry, CArmGeometry):
+            raise NanoDRRError(f"geometry: expected a CArmGeometry, got {type(geometry).__name__}")
+        geometry.validate()
+        center = volumeCenter(voxelToWorld, volumeShape(volumeNode))
+        depth = float((np.linalg.inv(pose) @ np.append(center, 1.0))[2])
+        if not 0.0 < depth < geometry.sdd:
+            raise NanoDRRError(
+                f"carmNode {nodeLabel(carmNode)}: the volume's centre is {depth:.1f} mm along the beam from "
+                f"the source; it must lie between the source and the detector (0 < sod < geometry.sdd = "
+                f"{geometry.sdd:g} mm)"
+            )
+        if isinstance(nSamples, bool) or not isinstance(nSamples, (int, np.integer)) or nSamples < 1:
+            raise NanoDRRError(f"nSamples: must be an integer >= 1, got {nSamples!r}")
+        from nanodrr_engine import MU_BONE, MU_WATER
+
+        mu = {}
+        for name, value, default, key in (
+            ("muBone", muBone, MU_BONE, "mu_bone"),
+            ("muWater", muWater, MU_WATER, "mu_water"),
+        ):
+            v = default if value is None else _carm.checkFinite(value, name, positive=True)
+            mu[key] = float(v)
+        if displayMode not in DISPLAY_MODES:
+            raise NanoDRRError(f"displayMode: expected one of {DISPLAY_MODES}, got {displayMode!r}")
+        if backend not in BACKENDS:
+            raise NanoDRRError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+        return _Request(
+            scene,
+            voxelToWorld,
+            pose,
+            geometry,
+            int(nSamples),
+            resolveDevice(device),
+            mu,
+            displayMode,
+            backend,
+        )
+
+    # --- rendering -----------------------------------------------------------------------------
+
+    def _drr(self, geometry: CArmGeometry, device: torch.device):
+        from nanodrr_engine import DRR
+
+        g = geometry
+        key = (g.sdd, g.delx, g.dely, g.x0, g.y0, int(g.height), int(g.width), str(device))
+        drr = self._drrs.get(key)
+        if drr is None:
+            drr = DRR.from_carm_intrinsics(
+                float(g.sdd), float(g.delx), float(g.dely), float(g.x0), float(g.y0), int(g.height), int(g.width),
+                device=device,
+            )  # fmt: skip
+            self._drrs[key] = drr
+            while len(self._drrs) > 4:
+                self._drrs.popitem(last=False)
+        self._drrs.move_to_end(key)
+        return drr
+
+    def _renderTensor(self, subject, req: _Request) -> np.ndarray:
+        """Engine render ``[C, H, W]`` float32 (∫μ ds per channel)."""
+        drr = self._drr(req.geometry, req.device)
+        pose = torch.as_tensor(req.pose, dtype=torch.float64, device=req.device)[None]
+        try:
+            with torch.no_grad():
+                out = drr(subject, pose, n_samples=req.nSamples, backend=req.backend)
+        except NanoDRRError:
+            raise
+        except ValueError as e:
+            raise NanoDRRError(f"render: {e}") from e
+        self.lastRenderPasses += 1
+        return out[0].float().cpu().numpy()
+
+    @staticmethod
+    def _attributes(req: _Request, volumeNode, carmNode, segmentationNode, segmentIds) -> dict:
+        g = req.geometry
+        attrs = {
+            "role": "DRR",
+            "sdd": float(g.sdd), "delx": float(g.delx), "dely": float(g.dely),
+            "x0": float(g.x0), "y0": float(g.y0), "height": int(g.height), "width": int(g.width),
+            "rtInv": req.pose, "nSamples": req.nSamples, "displayMode": req.displayMode,
+            "muWater": req.mu["mu_water"], "muBone": req.mu["mu_bone"],
+            "sourceVolumeID": volumeNode.GetID(), "cArmID": carmNode.GetID(),
+            "segmentationID": segmentationNode.GetID() if segmentationNode is not None else None,
+            "segmentIDs": list(segmentIds) if segmentationNode is not None else None,
+        }  # fmt: skip
+        return attrs
+
+    @staticmethod
+    def _display(image: np.ndarray, displayMode: str) -> tuple[np.ndarray, str]:
+        if displayMode == "transmission":
+            return np.exp(-image), INVERTED_GREY
+        return image, GREY
+
+    def render(
+        self,
+        volumeNode,
+        carmNode,
+        geometry: CArmGeometry,
+        segmentationNode=None,
+        outputNode=None,
+        nSamples: int = 500,
+        device=None,
+        muBone: float | None = None,
+        displayMode: str = "attenuation",
+        *,
+        segmentIds=None,
+        muWater: float | None = None,
+        name: str | None = None,
+        autoWindowLevel: bool = True,
+        backend: str = "auto",
+    ):
+        """Render a DRR of ``volumeNode`` from the C-arm pose into a scalar volume node.
+
+        Args:
+            volumeNode: CT (HU) scalar volume; a linear parent transform is applied.
+            carmNode: C-arm linear transform node (ToWorld = camera-to-world).
+            geometry: detector intrinsics.
+            segmentationNode: optional; restricts the CT to the union of ``segmentIds`` (default: the
+                visible segments), see the module docstring.
+            outputNode: scalar volume node to overwrite in place (default: a new node).
+            nSamples: samples per ray. device: "auto", "cpu", "cuda", "mps".
+            muBone, muWater: μ of bone / water (1/mm) for the HU → μ conversion (engine defaults).
+            displayMode: "attenuation" stores ∫μ ds; "transmission" stores exp(−∫μ ds).
+            name: name of a new output node (default "<volume> DRR").
+            autoWindowLevel: set window/level from robust percentiles of the image.
+            backend: engine ray-march backend ("auto" picks the fastest).
+
+        Returns:
+            The output ``vtkMRMLScalarVolumeNode`` (array ``(1, H, W)`` float32 on the detector plane).
+        """
+        t0 = time.perf_counter()
+        req = self._validate(
+            volumeNode, carmNode, geometry, nSamples, device, muBone, muWater, displayMode, backend
+        )
+        ids: list[str] = []
+        if segmentationNode is not None:
+            checkSegmentationNode(segmentationNode, req.scene)
+            ids = selectSegmentIds(segmentationNode, segmentIds)
+            ensureBinaryLabelmaps(segmentationNode)
+        elif segmentIds is not None:
+            raise NanoDRRError("segmentIds: given without a segmentationNode")
+        checkOutputNode(outputNode, req.scene, forbidden=(volumeNode,))
+        if name is not None and not isinstance(name, str):
+            raise NanoDRRError(f"name: expected a string, got {name!r}")
+        t1 = time.perf_counter()
+
+        self.lastRenderPasses = 0
+        if segmentationNode is None:
+            subject = self._cache.subject(volumeNode, req.voxelToWorld, req.device, req.mu)
+            channel = 0
+        else:
+            shape = volumeShape(volumeNode)
+
+            def makeLabels():
+                layers = layersOnGrid(segmentationNode, ids, volumeNode, req.voxelToWorld, shape)
+                mask = unionMask(layers)
+                return [(mask, 1, int(voxelCounts(mask, 1)[1]))]
+
+            key = ("union", segmentationKey(segmentationNode, ids))
+            ((subject, count),) = self._cache.labelledSubjects(
+                volumeNode, req.voxelToWorld, req.device, req.mu, key, makeLabels
+            )
+            if count == 0:
+                names = ", ".join(repr(segmentName(segmentationNode, s)) for s in ids)
+                raise NanoDRRError(
+                    f"segmentationNode {nodeLabel(segmentationNode)}: segments {names} are empty inside "
+                    f"the volume {nodeLabel(volumeNode)}"
+                )
+            channel = 1
+        t2 = time.perf_counter()
+
+        image = self._renderTensor(subject, req)[channel]
+        t3 = time.perf_counter()
+
+        image, colorID = self._display(image, req.displayMode)
+        node = writeDRR(
+            req.scene,
+            image,
+            detectorIJKToRAS(req.pose, req.geometry),
+            outputNode,
+            name or f"{volumeNode.GetName()} DRR",
+            self._attributes(req, volumeNode, carmNode, segmentationNode, ids),
+            {"sourceVolume": volumeNode, "cArm": carmNode, "segmentation": segmentationNode},
+            colorID,
+            autoWindowLevel,
+        )
+        t4 = time.perf_counter()
+        self.lastTimings = {
+            "validate": t1 - t0, "convert": t2 - t1, "render": t3 - t2, "output": t4 - t3, "total": t4 - t0,
+        }  # fmt: skip
+        return node
+
+    def renderSegments(
+        self,
+        volumeNode,
+        carmNode,
+        geometry: CArmGeometry,
+        segmentationNode,
+        segmentIds=None,
+        nSamples: int = 500,
+        device=None,
+        *,
+        muBone: float | None = None,
+        muWater: float | None = None,
+        displayMode: str = "attenuation",
+        outputNodes: dict | None = None,
+        folderName: str | None = None,
+        autoWindowLevel: bool = True,
+        backend: str = "auto",
+    ) -> dict:
+        """One DRR per segment: the CT restricted to that segment (overlapping segments included).
+
+        Args:
+            segmentIds: segments to render; default the visible ones (all without a display node),
+                skipping those with no voxel inside the CT. Explicitly requested empty segments are an
+                error.
+            outputNodes: ``{segmentId: volume node}`` to overwrite in place; others are created as
+                "<volume> DRR <segment name>" in a subject hierarchy folder (``folderName``, default
+                "<volume> DRR segments") with a black → segment-colour colour table.
+            Other arguments as in :meth:`render`.
+
+        Returns:
+            ``{segmentId: vtkMRMLScalarVolumeNode}`` in segment order.
+        """
+        t0 = time.perf_counter()
+        req = self._validate(
+            volumeNode, carmNode, geometry, nSamples, device, muBone, muWater, displayMode, backend
+        )
+        if segmentationNode is None:
+            raise NanoDRRError("segmentationNode: no segmentation selected")
+        checkSegmentationNode(segmentationNode, req.scene)
+        ids = selectSegmentIds(segmentationNode, segmentIds)
+        ensureBinaryLabelmaps(segmentationNode)
+        outputNodes = dict(outputNodes or {})
+        for sid, node in outputNodes.items():
+            checkOutputNode(node, req.scene, forbidden=(volumeNode,), role=f"outputNodes[{sid!r}]")
+        if folderName is not None and not isinstance(folderName, str):
+            raise NanoDRRError(f"folderName: expected a string, got {folderName!r}")
+        t1 = time.perf_counter()
+
+        shape = volumeShape(volumeNode)
+
+        def makeLabels():
+            layers = layersOnGrid(segmentationNode, ids, volumeNode, req.voxelToWorld, shape)
+            out = []
+            for labels, groupIds in channelGroups(layers):
+                counts = voxelCounts(labels, len(groupIds))
+                out.append((labels, len(groupIds), (groupIds, counts[1:].tolist())))
+            return out
+
+        self.lastRenderPasses = 0
+        key = ("segments", segmentationKey(segmentationNode, ids))
+        groups = self._cache.labelledSubjects(
+            volumeNode, req.voxelToWorld, req.device, req.mu, key, makeLabels
+        )
+        counts = {sid: c for _, (gids, cs) in groups for sid, c in zip(gids, cs, strict=True)}
+        empty = [sid for sid in ids if counts.get(sid, 0) == 0]
+        if empty and (segmentIds is not None or len(empty) == len(ids)):
+            names = ", ".join(repr(segmentName(segmentationNode, s)) for s in empty)
+            raise NanoDRRError(
+                f"segmentationNode {nodeLabel(segmentationNode)}: segment(s) {names} are empty inside the "
+                f"volume {nodeLabel(volumeNode)}"
+            )
+        t2 = time.perf_counter()
+
+        images: dict[str, np.ndarray] = {}
+        for subject, (gids, cs) in groups:
+            if not any(cs):
+                continue
+            out = self._renderTensor(subject, req)
+            for c, sid in enumerate(gids, start=1):
+                images[sid] = out[c]
+        t3 = time.perf_counter()
+
+        ijk = detectorIJKToRAS(req.pose, req.geometry)
+        result: dict[str, object] = {}
+        created = []
+        for sid in ids:
+            if sid not in images:
+                continue
+            image, _ = self._display(images[sid], req.displayMode)
+            name = segmentName(segmentationNode, sid)
+            color = segmentColor(segmentationNode, sid)
+            node = outputNodes.get(sid)
+            existingColor = node.GetDisplayNode().GetColorNodeID() if node and node.GetDisplayNode() else None
+            colorNode = segmentColorNode(req.scene, name, color, existingColor)
+            attrs = self._attributes(req, volumeNode, carmNode, segmentationNode, [sid])
+            attrs.update(segmentID=sid, segmentName=name, segmentColor=" ".join(f"{c:.6g}" for c in color))
+            newNode = writeDRR(
+                req.scene, image, ijk, node, f"{volumeNode.GetName()} DRR {name}", attrs,
+                {"sourceVolume": volumeNode, "cArm": carmNode, "segmentation": segmentationNode},
+                colorNode.GetID(), autoWindowLevel,
+            )  # fmt: skip
+            if node is None:
+                created.append(newNode)
+            result[sid] = newNode
+        _putInFolder(req.scene, created, folderName or f"{volumeNode.GetName()} DRR segments")
+        t4 = time.perf_counter()
+        self.lastTimings = {
+            "validate": t1 - t0, "convert": t2 - t1, "render": t3 - t2, "output": t4 - t3, "total": t4 - t0,
+        }  # fmt: skip
+        return result
+
+
+def _putInFolder(scene, nodes: list, folderName: str) -> None:
+    """Put new nodes in a subject hierarchy folder (skipped where no SH node can be had)."""
+    if not nodes:
+        return
+    try:
+        sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    except Exception:  # pragma: no cover - SH is part of slicer-core and Slicer
+        return
+    if sh is None:
+        return
+    root = sh.GetSceneItemID()
+    folder = sh.GetItemChildWithName(root, folderName)
+    if not folder:
+        folder = sh.CreateFolderItem(root, folderName)
+    for node in nodes:
+        item = sh.GetItemByDataNode(node)
+        if item:
+            sh.SetItemParent(item, folder)
+        else:
+            sh.CreateItem(folder, node)
+
+
+__all__ = ["NanoDRRLogic", "resolveDevice"]

@@ -1,0 +1,223 @@
+"""DRR image → single-slice scalar volume node on the detector plane, with display and provenance.
+
+Placement (docs/geometry.md): voxel (i = u, j = v, k = 0) of the ``(1, H, W)`` array lies at the world
+position of detector pixel (u, v), the end of its ray:
+
+    IJKToRAS = rt_inv · [[Δx, 0, 0, (½ − W/2)·Δx − x0],
+                         [0, Δy, 0, (½ − H/2)·Δy − y0],
+                         [0,  0, 1, sdd],
+                         [0,  0, 0, 1]]
+
+The node is placed in world coordinates (not under the C-arm), so a DRR stays where it was taken when
+the C-arm moves on; if the output node has a linear parent transform its local IJKToRAS compensates.
+
+Display: an X-ray look by default: grey colour map, window/level from robust percentiles
+(0.5 % … 99.5 %), bone bright. "transmission" images (I/I0 = exp(−∫μ ds), bone dark) use the
+inverted grey map so bone still looks bright. Per-segment DRRs get a black → segment-colour ramp.
+
+Provenance attributes (``NanoDRR.*``, kept by a saved and reloaded scene): geometry (sdd, delx, dely,
+x0, y0, height, width), ``rtInv`` (16 numbers, row-major camera-to-world), ``nSamples``,
+``displayMode``, μ parameters, ``sourceVolumeID``, ``segmentationID``, ``segmentIDs`` (JSON list),
+``cArmID``; the same nodes are also referenced by role (``NanoDRR.sourceVolume``,
+``NanoDRR.segmentation``, ``NanoDRR.cArm``), which survive ID renaming on scene import.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import slicer
+import vtk
+
+from .conversion import arrayToMatrix, matrixToArray, nodeLabel
+from .errors import NanoDRRError
+from .geometry import CArmGeometry
+
+GREY = "vtkMRMLColorTableNodeGrey"
+INVERTED_GREY = "vtkMRMLColorTableNodeInvertedGrey"
+DISPLAY_MODES = ("attenuation", "transmission")
+ATTRIBUTE_PREFIX = "NanoDRR."
+
+
+def detectorIJKToRAS(rtInv: np.ndarray, geometry: CArmGeometry) -> np.ndarray:
+    """``[4, 4]`` IJKToRAS placing DRR pixel (u, v) at its ray's end on the detector (world mm)."""
+    return np.asarray(rtInv, dtype=np.float64) @ geometry.pixelToCamera()
+
+
+def checkOutputNode(outputNode, scene, forbidden=(), role: str = "outputNode") -> None:
+    """``outputNode`` may be None or a scalar (not labelmap) volume in ``scene`` with a linear parent."""
+    if outputNode is None:
+        return
+    if not hasattr(outputNode, "IsA") or not outputNode.IsA("vtkMRMLScalarVolumeNode"):
+        kind = outputNode.GetClassName() if hasattr(outputNode, "GetClassName") else type(outputNode).__name__
+        raise NanoDRRError(f"{role}: expected a scalar volume node, got a {kind}")
+    if outputNode.IsA("vtkMRMLLabelMapVolumeNode") or outputNode.IsA("vtkMRMLTensorVolumeNode"):
+        raise NanoDRRError(f"{role} {nodeLabel(outputNode)}: must be a plain scalar volume node")
+    if outputNode.GetScene() is not scene:
+        raise NanoDRRError(f"{role} {nodeLabel(outputNode)}: is not in the volume's scene")
+    for node in forbidden:
+        if node is not None and outputNode is node:
+            raise NanoDRRError(f"{role} {nodeLabel(outputNode)}: cannot overwrite an input node")
+    parent = outputNode.GetParentTransformNode()
+    if parent is not None and not parent.IsTransformToWorldLinear():
+        raise NanoDRRError(
+            f"{role} {nodeLabel(outputNode)}: its parent transform {nodeLabel(parent)} is not linear"
+        )
+
+
+def robustWindow(image: np.ndarray) -> tuple[float, float]:
+    """``(lo, hi)`` display range: 0.5th percentile of all pixels, 99.5th of the non-zero ones.
+
+    Using the non-zero pixels for the top keeps small structures (a segment DRR covering 1 % of the
+    detector) visible instead of saturating the window at 0.
+    """
+    values = image[np.isfinite(image)]
+    if values.size == 0:
+        return 0.0, 1.0
+    lo = float(np.percentile(values, 0.5))
+    nonzero = values[values != 0]
+    hi = float(np.percentile(nonzero if nonzero.size else values, 99.5))
+    if not hi > lo:
+        hi = lo + max(abs(lo) * 1e-3, 1e-6)
+    return lo, hi
+
+
+def writeDRR(
+    scene,
+    image: np.ndarray,
+    ijkToWorld: np.ndarray,
+    outputNode=None,
+    name: str = "DRR",
+    attributes: dict | None = None,
+    references: dict | None = None,
+    colorNodeID: str = GREY,
+    autoWindowLevel: bool = True,
+):
+    """Create or overwrite ``outputNode`` with ``image [H, W]`` placed by ``ijkToWorld``.
+
+    Inputs must have been validated (see :func:`checkOutputNode`); this only writes.
+    """
+    image = np.ascontiguousarray(image, dtype=np.float32)
+    if outputNode is None:
+        outputNode = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(name))
+    wasModifying = outputNode.StartModify()
+    try:
+        local = ijkToWorld
+        parent = outputNode.GetParentTransformNode()
+        if parent is not None:
+            pm = vtk.vtkMatrix4x4()
+            parent.GetMatrixTransformToWorld(pm)
+            local = np.linalg.inv(matrixToArray(pm)) @ ijkToWorld
+        outputNode.SetIJKToRASMatrix(arrayToMatrix(local))
+        slicer.util.updateVolumeFromArray(outputNode, image[None])
+        for key, value in (attributes or {}).items():
+            if value is None:
+                outputNode.RemoveAttribute(ATTRIBUTE_PREFIX + key)
+            else:
+                outputNode.SetAttribute(ATTRIBUTE_PREFIX + key, _attr(value))
+        for role, node in (references or {}).items():
+            outputNode.SetNodeReferenceID(ATTRIBUTE_PREFIX + role, node.GetID() if node is not None else None)
+    finally:
+        outputNode.EndModify(wasModifying)
+
+    display = outputNode.GetDisplayNode()
+    if display is None:
+        outputNode.CreateDefaultDisplayNodes()
+        display = outputNode.GetDisplayNode()
+    if display is not None:
+        wasModifying = display.StartModify()
+        display.SetAndObserveColorNodeID(colorNodeID)
+        if autoWindowLevel:
+            lo, hi = robustWindow(image)
+            display.SetAutoWindowLevel(0)
+            display.SetWindowLevelMinMax(lo, hi)
+        display.EndModify(wasModifying)
+    return outputNode
+
+
+def segmentColorNode(scene, segmentName: str, color, existingID: str | None = None):
+    """A 256-entry black → ``color`` colour table for a segment DRR (reused if ``existingID`` is ours)."""
+    node = scene.GetNodeByID(existingID) if existingID else None
+    if node is None or node.GetAttribute(ATTRIBUTE_PREFIX + "role") != "segmentColor":
+        node = scene.AddNewNodeByClass(
+            "vtkMRMLColorTableNode", scene.GenerateUniqueName(f"{segmentName} DRR")
+        )
+        node.SetAttribute(ATTRIBUTE_PREFIX + "role", "segmentColor")
+        node.SetTypeToUser()
+        node.SetNumberOfColors(256)
+        node.GetLookupTable().SetRange(0, 255)
+        node.SetHideFromEditors(False)
+    r, g, b = (float(c) for c in color)
+    for i in range(256):
+        f = i / 255.0
+        node.SetColor(i, f"{i}", r * f, g * f, b * f, 1.0)
+    node.SetAttribute(ATTRIBUTE_PREFIX + "segmentColor", f"{r:.6g} {g:.6g} {b:.6g}")
+    return node
+
+
+def readAttributes(node) -> dict:
+    """The ``NanoDRR.*`` attributes of a DRR node, parsed (numbers, matrices, lists)."""
+    out = {}
+    for key in node.GetAttributeNames() or ():
+        if not key.startswith(ATTRIBUTE_PREFIX):
+            continue
+        raw = node.GetAttribute(key)
+        name = key[len(ATTRIBUTE_PREFIX) :]
+        out[name] = _parse(name, raw)
+    return out
+
+
+def geometryFromNode(node) -> CArmGeometry:
+    """The :class:`CArmGeometry` a DRR node was rendered with (from its attributes)."""
+    a = readAttributes(node)
+    try:
+        return CArmGeometry(
+            sdd=a["sdd"], height=int(a["height"]), width=int(a["width"]), delx=a["delx"], dely=a["dely"],
+            x0=a["x0"], y0=a["y0"],
+        )  # fmt: skip
+    except KeyError as e:
+        raise NanoDRRError(
+            f"node {nodeLabel(node)}: is not a NanoDRR image (missing attribute {e})"
+        ) from None
+
+
+def conventionalDisplayArray(node) -> np.ndarray:
+    """The DRR ``[H, W]`` as conventionally displayed: seen from the detector, head up.
+
+    Stored images are seen from the source (pixel u along camera x); for a proper-rotation pose this
+    flips the columns (nanodrr_engine.camera.carm.to_display). A mirrored ("PA") pose already shows
+    the detector's view.
+    """
+    arr = slicer.util.arrayFromVolume(node)[0]
+    rt = readAttributes(node).get("rtInv")
+    if rt is None or np.linalg.det(np.asarray(rt)[:3, :3]) > 0:
+        return arr[:, ::-1].copy()
+    return arr.copy()
+
+
+def _attr(value) -> str:
+    if isinstance(value, np.ndarray):
+        return " ".join(f"{v:.17g}" for v in value.ravel())
+    if isinstance(value, (list, tuple)):
+        return json.dumps(list(value))
+    if isinstance(value, float):
+        return f"{value:.17g}"
+    return str(value)
+
+
+def _parse(name: str, raw: str):
+    if raw is None:
+        return None
+    if name == "rtInv":
+        return np.array([float(v) for v in raw.split()]).reshape(4, 4)
+    if raw.startswith("["):
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return raw
+    try:
+        f = float(raw)
+    except ValueError:
+        return raw
+    return int(f) if name in ("height", "width", "nSamples") else f

@@ -1,0 +1,248 @@
+"""Segmentation → integer label volumes on the CT's voxel grid, grouped for multi-channel renders.
+
+Segment DRRs use the engine's labelmap semantics (docs/geometry.md): each ray sample's μ·step goes to
+the channel of the label of its nearest CT voxel, so a segment's DRR is the CT's line integral
+restricted to the voxels of that segment, and the DRRs of disjoint segments add up.
+
+Masks are taken on the CT grid: segments whose binary labelmap already lies on that grid (same
+voxel-to-world matrix after both nodes' transforms, the usual case for a segmentation made from the
+CT) are read directly from the shared labelmap; otherwise Slicer resamples them (nearest neighbour)
+with ``vtkSlicerSegmentationsModuleLogic.GenerateMergedLabelmapInReferenceGeometry``, which honours
+the segmentation's and the volume's parent transforms, linear or not.
+
+Speed: one render can fill many channels. Segments in the same binary-labelmap layer never overlap,
+and whole layers that do not overlap are merged too, so e.g. 117 TotalSegmentator segments cost one
+render; each set of overlapping segments (an organ and a tumour inside it) adds one render.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import slicer
+import vtk
+from vtk.util.numpy_support import vtk_to_numpy
+
+from .conversion import _address, matrixToArray, nodeLabel
+from .errors import NanoDRRError
+
+_MAX_CHANNELS = 65534  # labels are uint16; channel 0 is the background
+
+
+def binaryRepresentationName() -> str:
+    conv = slicer.vtkSegmentationConverter
+    if hasattr(conv, "GetBinaryLabelmapRepresentationName"):
+        return conv.GetBinaryLabelmapRepresentationName()
+    return conv.GetSegmentationBinaryLabelmapRepresentationName()  # pragma: no cover - older Slicer
+
+
+def checkSegmentationNode(segmentationNode, scene, role: str = "segmentationNode") -> None:
+    if not hasattr(segmentationNode, "IsA") or not segmentationNode.IsA("vtkMRMLSegmentationNode"):
+        kind = (
+            segmentationNode.GetClassName()
+            if hasattr(segmentationNode, "GetClassName")
+            else type(segmentationNode).__name__
+        )
+        raise NanoDRRError(f"{role}: expected a segmentation node, got a {kind}")
+    if segmentationNode.GetScene() is not scene:
+        raise NanoDRRError(f"{role} {nodeLabel(segmentationNode)}: is not in the volume's scene")
+    segmentation = segmentationNode.GetSegmentation()
+    if segmentation is None or segmentation.GetNumberOfSegments() == 0:
+        raise NanoDRRError(f"{role} {nodeLabel(segmentationNode)}: has no segments")
+
+
+def selectSegmentIds(segmentationNode, segmentIds=None, visibleOnly: bool = True) -> list[str]:
+    """Validated segment IDs: the given ones, else the visible ones (all without a display node)."""
+    segmentation = segmentationNode.GetSegmentation()
+    allIds = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+    if segmentIds is not None:
+        if isinstance(segmentIds, str):
+            segmentIds = [segmentIds]
+        ids = list(segmentIds)
+        if not ids:
+            raise NanoDRRError(f"segmentIds: empty list for segmentation {nodeLabel(segmentationNode)}")
+        for sid in ids:
+            if segmentation.GetSegment(sid) is None:
+                raise NanoDRRError(
+                    f"segmentIds: segmentation {nodeLabel(segmentationNode)} has no segment {sid!r}"
+                )
+        return list(dict.fromkeys(ids))
+    display = segmentationNode.GetDisplayNode()
+    if visibleOnly and display is not None:
+        ids = [sid for sid in allIds if display.GetSegmentVisibility(sid)]
+        if not ids:
+            raise NanoDRRError(f"segmentationNode {nodeLabel(segmentationNode)}: no segment is visible")
+        return ids
+    return allIds
+
+
+def ensureBinaryLabelmaps(segmentationNode) -> None:
+    name = binaryRepresentationName()
+    if not segmentationNode.GetSegmentation().CreateRepresentation(name):
+        raise NanoDRRError(
+            f"segmentationNode {nodeLabel(segmentationNode)}: cannot convert its segments to binary labelmaps"
+        )
+
+
+def _transformKey(node) -> tuple:
+    parent = node.GetParentTransformNode()
+    if parent is None:
+        return ()
+    if parent.IsTransformToWorldLinear():
+        m = vtk.vtkMatrix4x4()
+        parent.GetMatrixTransformToWorld(m)
+        return tuple(matrixToArray(m).ravel().tolist())
+    return (parent.GetID(), parent.GetMTime())
+
+
+def segmentationKey(segmentationNode, ids: list[str]) -> tuple:
+    """Changes whenever the selected segments' voxels or placement change."""
+    segmentation = segmentationNode.GetSegmentation()
+    parts: list = [segmentationNode.GetID(), tuple(ids), _transformKey(segmentationNode)]
+    for sid in ids:
+        image = segmentationNode.GetBinaryLabelmapInternalRepresentation(sid)
+        scalars = image.GetPointData().GetScalars() if image is not None else None
+        parts.append(
+            (
+                segmentation.GetSegment(sid).GetMTime(),
+                _address(image),
+                image.GetMTime() if image is not None else 0,
+                scalars.GetMTime() if scalars is not None else 0,
+            )
+        )
+    return tuple(parts)
+
+
+def _place(image, shape: tuple[int, int, int]) -> np.ndarray:
+    """An oriented image's voxels (extent in the CT's IJK) placed into a zero ``[K, J, I]`` array."""
+    if image is None or image.GetPointData() is None or image.GetPointData().GetScalars() is None:
+        return np.zeros(shape, dtype=np.uint8)
+    i0, i1, j0, j1, k0, k1 = image.GetExtent()
+    arr = vtk_to_numpy(image.GetPointData().GetScalars())
+    out = np.zeros(shape, dtype=arr.dtype if np.issubdtype(arr.dtype, np.integer) else np.int32)
+    if i1 < i0 or j1 < j0 or k1 < k0:
+        return out
+    arr = arr.reshape(k1 - k0 + 1, j1 - j0 + 1, i1 - i0 + 1)
+    src, dst = [], []
+    for lo, hi, n in ((k0, k1, shape[0]), (j0, j1, shape[1]), (i0, i1, shape[2])):
+        a, b = max(lo, 0), min(hi, n - 1)
+        if b < a:
+            return out
+        src.append(slice(a - lo, b - lo + 1))
+        dst.append(slice(a, b + 1))
+    out[tuple(dst)] = arr[tuple(src)]
+    return out
+
+
+def _onGrid(segmentationNode, image, voxelToWorld: np.ndarray) -> bool:
+    parent = segmentationNode.GetParentTransformNode()
+    if parent is not None and not parent.IsTransformToWorldLinear():
+        return False
+    segToWorld = np.eye(4)
+    if parent is not None:
+        m = vtk.vtkMatrix4x4()
+        parent.GetMatrixTransformToWorld(m)
+        segToWorld = matrixToArray(m)
+    m = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(m)
+    d = np.abs(segToWorld @ matrixToArray(m) - voxelToWorld)
+    return d[:3, :3].max() < 1e-5 and d[:3, 3].max() < 1e-3
+
+
+def layersOnGrid(segmentationNode, ids: list[str], volumeNode, voxelToWorld: np.ndarray, shape) -> list:
+    """``[(values [K, J, I] int32, {segmentId: label value})]``, one per binary-labelmap layer.
+
+    Within a layer no two segments overlap, so each layer is one label volume.
+    """
+    layers: dict[str, tuple] = {}
+    for sid in ids:
+        image = segmentationNode.GetBinaryLabelmapInternalRepresentation(sid)
+        layers.setdefault(_address(image), (image, []))[1].append(sid)
+    out = []
+    segmentation = segmentationNode.GetSegmentation()
+    for image, layerIds in layers.values():
+        if image is not None and _onGrid(segmentationNode, image, voxelToWorld):
+            values = _place(image, shape)
+            mapping = {sid: int(segmentation.GetSegment(sid).GetLabelValue()) for sid in layerIds}
+        else:
+            idArray, labelValues = vtk.vtkStringArray(), vtk.vtkIntArray()
+            for n, sid in enumerate(layerIds, start=1):
+                idArray.InsertNextValue(sid)
+                labelValues.InsertNextValue(n)
+            merged = slicer.vtkOrientedImageData()
+            slicer.vtkSlicerSegmentationsModuleLogic.GenerateMergedLabelmapInReferenceGeometry(
+                segmentationNode,
+                volumeNode,
+                idArray,
+                slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY,
+                merged,
+                labelValues,
+            )
+            values = _place(merged, shape)
+            mapping = {sid: n for n, sid in enumerate(layerIds, start=1)}
+        out.append((values, mapping))
+    return out
+
+
+def _localChannels(values: np.ndarray, mapping: dict[str, int], order: list[str]) -> np.ndarray:
+    """Layer values → 1..n (in ``order``) for the selected segments, 0 elsewhere; uint16."""
+    top = max(int(values.max(initial=0)), *mapping.values())
+    lut = np.zeros(top + 1, dtype=np.uint16)
+    for n, sid in enumerate(order, start=1):
+        lut[mapping[sid]] = n
+    if values.dtype.kind != "u" and values.min(initial=0) < 0:
+        values = np.clip(values, 0, None)
+    return lut[values]
+
+
+def channelGroups(layers: list) -> list[tuple[np.ndarray, list[str]]]:
+    """Greedily merge non-overlapping layers: ``[(labels [K, J, I] int, [segment id per channel 1..])]``."""
+    groups: list[list] = []
+    for values, mapping in layers:
+        order = list(mapping)
+        local = _localChannels(values, mapping, order)
+        inside = local > 0
+        for group in groups:
+            if len(group[1]) + len(order) <= _MAX_CHANNELS and not np.any(inside & (group[0] > 0)):
+                group[0][inside] = local[inside] + len(group[1])
+                group[1].extend(order)
+                break
+        else:
+            groups.append([local, order])
+    return [(_compact(labels, len(ids)), ids) for labels, ids in groups]
+
+
+def _compact(labels: np.ndarray, top: int) -> np.ndarray:
+    """The smallest signed/uint8 dtype torch can reduce over (torch has no uint16 min/max)."""
+    for dtype, limit in ((np.uint8, 255), (np.int16, 32767)):
+        if top <= limit:
+            return labels.astype(dtype, copy=False)
+    return labels.astype(np.int32)
+
+
+def voxelCounts(labels: np.ndarray, n: int) -> np.ndarray:
+    """Voxels per channel 0..n of a label volume."""
+    return np.bincount(labels.ravel(), minlength=n + 1)[: n + 1]
+
+
+def unionMask(layers: list) -> np.ndarray:
+    """``[K, J, I]`` uint8: 1 inside any selected segment."""
+    mask = None
+    for values, mapping in layers:
+        inside = _localChannels(values, mapping, list(mapping)) > 0
+        mask = inside if mask is None else (mask | inside)
+    return mask.astype(np.uint8)
+
+
+def segmentColor(segmentationNode, segmentId: str) -> tuple[float, float, float]:
+    """The segment's displayed colour (display-node override, else the segment's own colour)."""
+    display = segmentationNode.GetDisplayNode()
+    if display is not None and hasattr(display, "GetSegmentColor"):
+        c = display.GetSegmentColor(segmentId)
+        rgb = (c.GetX(), c.GetY(), c.GetZ()) if hasattr(c, "GetX") else tuple(c)[:3]
+        if min(rgb) >= 0:
+            return tuple(float(v) for v in rgb)
+    return tuple(float(v) for v in segmentationNode.GetSegmentation().GetSegment(segmentId).GetColor())
+
+
+def segmentName(segmentationNode, segmentId: str) -> str:
+    return segmentationNode.GetSegmentation().GetSegment(segmentId).GetName()
