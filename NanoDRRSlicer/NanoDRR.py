@@ -183,6 +183,7 @@ class NanoDRRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._applyingPose = False
         self._syncingPose = False
         self._updatingLive = False
+        self._finalizeTimer = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -462,7 +463,7 @@ class NanoDRRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     #
 
     def _stopLive(self) -> None:
-        if getattr(self, "_finalizeTimer", None) is not None:
+        if self._finalizeTimer is not None:
             self._finalizeTimer.stop()
         if self._live is not None:
             self._live.stop()

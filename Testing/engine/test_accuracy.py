@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from nanodrr_engine import DRR, Subject, available_backends, make_rt_inv
 from nanodrr_engine.data.phantom import make_chest_phantom, rotation_matrix
 
@@ -74,7 +73,9 @@ def test_sampling_error_at_default_n_samples(phantom_subject, orthographic):
 def test_contrast_parameters_follow_the_exact_model(phantom_subject):
     subject, phantom = phantom_subject
     drr = DRR.from_carm_intrinsics(1020.0, 8.0, 8.0, 0.0, 0.0, 16, 16)
-    rt = make_rt_inv(torch.tensor([[0.0, 0.0, 0.0]]), torch.tensor([[0.0, 850.0, 0.0]]), "AP", subject.isocenter)
+    rt = make_rt_inv(
+        torch.tensor([[0.0, 0.0, 0.0]]), torch.tensor([[0.0, 850.0, 0.0]]), "AP", subject.isocenter
+    )
     src, tgt = world_rays(drr, rt)
     long_chords = phantom.chord_length(src, tgt) > 40.0
     subject.mu_bone = 0.09

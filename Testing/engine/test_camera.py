@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from nanodrr_engine import invert_rt_inv, make_k_inv, make_rt_inv
 from nanodrr_engine.camera import carm_to_rt_inv, rt_inv_to_carm, to_display
 from nanodrr_engine.drr.rays import make_src, make_tgt
@@ -54,7 +53,12 @@ def test_orthographic_rays_are_parallel_to_the_optical_axis():
 
 
 def _ap_like(rotation, translation, orientation):
-    return make_rt_inv(torch.tensor(rotation, dtype=torch.float64), torch.tensor(translation, dtype=torch.float64), orientation, ISO)
+    return make_rt_inv(
+        torch.tensor(rotation, dtype=torch.float64),
+        torch.tensor(translation, dtype=torch.float64),
+        orientation,
+        ISO,
+    )
 
 
 @pytest.mark.parametrize("orientation,ty", [("AP", 850.0), ("PA", -850.0)])
@@ -102,7 +106,9 @@ def test_pose_is_rigid_and_composed_as_documented():
 @pytest.mark.parametrize("orientation", ["AP", "PA", None])
 def test_invert_rt_inv_round_trip(orientation):
     g = torch.Generator().manual_seed(0)
-    rot = (torch.rand(16, 3, generator=g, dtype=torch.float64) - 0.5) * torch.tensor([340.0, 170.0, 340.0], dtype=torch.float64)
+    rot = (torch.rand(16, 3, generator=g, dtype=torch.float64) - 0.5) * torch.tensor(
+        [340.0, 170.0, 340.0], dtype=torch.float64
+    )
     trans = (torch.rand(16, 3, generator=g, dtype=torch.float64) - 0.5) * 1000
     rt = make_rt_inv(rot, trans, orientation, ISO)
     rot2, trans2 = invert_rt_inv(rt, orientation, ISO)
@@ -143,7 +149,9 @@ def test_clinical_carm_angles_match_the_dicom_table(angles, direction):
     beam = rt[:3, :3] @ torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
     np.testing.assert_allclose(beam.numpy(), -np.array(direction), atol=1e-3)
     # same source and beam as the doc's PA formulation
-    pa = make_rt_inv(torch.tensor([angles[0], angles[1], 0.0]), torch.tensor([0.0, -sod, 0.0]), "PA", ISO.float())
+    pa = make_rt_inv(
+        torch.tensor([angles[0], angles[1], 0.0]), torch.tensor([0.0, -sod, 0.0]), "PA", ISO.float()
+    )
     np.testing.assert_allclose(pa[:3, 3].numpy(), rt[:3, 3].numpy(), atol=1e-3)
     # head up, and after to_display the image equals the PA view (conventional display, seen from the detector)
     k_inv = make_k_inv(1020.0, 2.0, 2.0, 0.0, 0.0, 6, 8, dtype=torch.float64)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from nanodrr_engine import DRR, Subject, available_backends, make_k_inv, make_rt_inv, render
 
 BACKENDS = available_backends("cpu")
@@ -24,7 +23,9 @@ def blob_subject(shape=(12, 14, 16), label=None, seed=0, dtype=np.float32):
     vol = np.exp(-(i**2 + j**2 + k**2) * 2.0) * 0.05 + rng.random(shape) * 0.002
     a = np.radians(25.0)
     v2w = np.eye(4)
-    v2w[:3, :3] = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]]) @ np.diag([3.0, 2.5, 4.0])
+    v2w[:3, :3] = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]]) @ np.diag(
+        [3.0, 2.5, 4.0]
+    )
     v2w[:3, 3] = [-20.0, -18.0, -25.0]
     return Subject.from_array(vol.astype(dtype), v2w, label=label, convert_to_mu=False)
 
@@ -36,9 +37,14 @@ def labels_for(shape, n=4, seed=0):
     return lab
 
 
-def pose(subject, rotation=(0.0, 0.0, 0.0), translation=(0.0, 400.0, 0.0), orientation="AP", dtype=torch.float32):
+def pose(
+    subject, rotation=(0.0, 0.0, 0.0), translation=(0.0, 400.0, 0.0), orientation="AP", dtype=torch.float32
+):
     return make_rt_inv(
-        torch.tensor([rotation], dtype=dtype), torch.tensor([translation], dtype=dtype), orientation, subject.isocenter.to(dtype)
+        torch.tensor([rotation], dtype=dtype),
+        torch.tensor([translation], dtype=dtype),
+        orientation,
+        subject.isocenter.to(dtype),
     )
 
 
@@ -81,7 +87,9 @@ def test_out_of_range_labels_are_dropped(backend):
     shape = (12, 14, 16)
     lab = labels_for(shape, n=5)
     full = blob_subject(shape, label=lab)
-    clipped = Subject.from_array(full._image_hu[0, 0], full.voxel_to_world, label=lab, max_label=2, convert_to_mu=False)
+    clipped = Subject.from_array(
+        full._image_hu[0, 0], full.voxel_to_world, label=lab, max_label=2, convert_to_mu=False
+    )
     drr = DRR.from_carm_intrinsics(700.0, 1.5, 1.5, 0.0, 0.0, 8, 8)
     rt = pose(full, rotation=(-20.0, 5.0, 0.0))
     a = drr(full, rt, n_samples=48, backend=backend)
@@ -94,7 +102,9 @@ def test_out_of_range_labels_are_dropped(backend):
 def test_batched_poses_and_biplane_intrinsics_match_single_renders(backend):
     s = blob_subject()
     rt = torch.cat([pose(s, rotation=(0.0, 0.0, 0.0)), pose(s, rotation=(90.0, 0.0, 0.0))])
-    k_inv = torch.cat([make_k_inv(700.0, 1.5, 1.5, 0.0, 0.0, 8, 10), make_k_inv(900.0, 2.0, 1.0, 3.0, -2.0, 8, 10)])
+    k_inv = torch.cat(
+        [make_k_inv(700.0, 1.5, 1.5, 0.0, 0.0, 8, 10), make_k_inv(900.0, 2.0, 1.0, 3.0, -2.0, 8, 10)]
+    )
     sdd = torch.tensor([700.0, 900.0])
     both = render(s, k_inv, rt, sdd, 8, 10, n_samples=32, backend=backend)
     one = render(s, k_inv[:1], rt[:1], 700.0, 8, 10, n_samples=32, backend=backend)
@@ -118,7 +128,9 @@ def test_numbers_match_nanodrr():
         ours.isocenter,
         convert_to_mu=False,
     )
-    rt = torch.cat([pose(ours, rotation=(15.0, -10.0, 5.0)), pose(ours, rotation=(100.0, 0.0, 0.0), orientation="PA")])
+    rt = torch.cat(
+        [pose(ours, rotation=(15.0, -10.0, 5.0)), pose(ours, rotation=(100.0, 0.0, 0.0), orientation="PA")]
+    )
     for ortho in (False, True):
         a = DRR.from_carm_intrinsics(700.0, 1.5, 1.5, 1.0, -2.0, 10, 12, orthographic=ortho)
         b = nanodrr.DRR.from_carm_intrinsics(700.0, 1.5, 1.5, 1.0, -2.0, 10, 12, orthographic=ortho)
@@ -213,7 +225,9 @@ def test_works_under_torch_compile():
     rt = pose(s)
     compiled = torch.compile(drr, backend="aot_eager")
     for backend in BACKENDS:
-        torch.testing.assert_close(compiled(s, rt, n_samples=32, backend=backend), drr(s, rt, n_samples=32, backend=backend))
+        torch.testing.assert_close(
+            compiled(s, rt, n_samples=32, backend=backend), drr(s, rt, n_samples=32, backend=backend)
+        )
 
 
 @pytest.mark.parametrize(

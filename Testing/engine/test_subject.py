@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-
 from nanodrr_engine import HU_BONE, MU_BONE, MU_WATER, Subject, hu_to_mu
 
 
@@ -77,11 +76,15 @@ def test_changing_mu_bone_changes_the_image_and_the_cache():
     s = Subject.from_array(hu, np.eye(4))
     first = s.image
     assert s.image is first  # cached
-    np.testing.assert_allclose(first.flatten().numpy(), [0.0, MU_WATER, MU_BONE, 2 * MU_BONE - MU_WATER], rtol=1e-6)
+    np.testing.assert_allclose(
+        first.flatten().numpy(), [0.0, MU_WATER, MU_BONE, 2 * MU_BONE - MU_WATER], rtol=1e-6
+    )
     s.mu_bone = 0.08
     second = s.image
     assert second is not first
-    np.testing.assert_allclose(second.flatten().numpy(), [0.0, MU_WATER, 0.08, 2 * 0.08 - MU_WATER], rtol=1e-6)
+    np.testing.assert_allclose(
+        second.flatten().numpy(), [0.0, MU_WATER, 0.08, 2 * 0.08 - MU_WATER], rtol=1e-6
+    )
     s.convert_to_mu = False
     np.testing.assert_allclose(s.image.flatten().numpy(), hu.flatten())
     s.convert_to_mu = True
@@ -91,7 +94,9 @@ def test_changing_mu_bone_changes_the_image_and_the_cache():
 
 
 def test_mu_kwargs_and_half_precision():
-    s = Subject.from_array(np.full((2, 2, 2), 500.0, np.float32), np.eye(4) * 2 + np.diag([0, 0, 0, -1]), mu_bone=0.07)
+    s = Subject.from_array(
+        np.full((2, 2, 2), 500.0, np.float32), np.eye(4) * 2 + np.diag([0, 0, 0, -1]), mu_bone=0.07
+    )
     assert s.mu_bone == 0.07
     h = s.to(dtype=torch.float16)
     assert h._image_hu.dtype == torch.float16 and h.world_to_voxel.dtype == torch.float32

@@ -165,11 +165,31 @@ HARNESS = textwrap.dedent(
             self.assertEqual(fractions[0], 0.0)
             self.assertEqual(fractions[-1], 1.0)
             self.assertEqual(fractions, sorted(fractions))
-            # Rendering again replaces the per-segment DRRs instead of piling them up.
-            self.logic.renderFromParameters(self.p)
-            tagged = [n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode", slicer.mrmlScene)
-                      if n.GetAttribute("NanoDRR.SegmentDRROf") == drr.GetID()]
-            self.assertEqual(len(tagged), 2)
+            # Rendering again overwrites the per-segment DRRs instead of piling them up ...
+            ids0 = sorted(n.GetID() for n in parts)
+            parts1 = self.logic.renderFromParameters(self.p)[1]
+            self.assertEqual(sorted(n.GetID() for n in parts1), ids0)
+            # ... and drops those of segments no longer selected.
+            self.p.segmentIds = [ids.GetValue(0)]
+            parts2 = self.logic.renderFromParameters(self.p)[1]
+            self.assertEqual(len(parts2), 1)
+            self.assertEqual(len(NanoDRR.NanoDRRLogic.segmentDRRs(drr)), 1)
+
+        def test_unselected_segments_default_to_the_visible_ones_in_chunks(self):
+            self.logic.createCArmFromParameters(self.p)
+            segmentation = self._segmentation()
+            segmentation.CreateDefaultDisplayNodes()
+            ids = vtk.vtkStringArray()
+            segmentation.GetSegmentation().GetSegmentIDs(ids)
+            allIds = [ids.GetValue(i) for i in range(ids.GetNumberOfValues())]
+            segmentation.GetDisplayNode().SetSegmentVisibility(allIds[0], False)
+            self.p.segmentation, self.p.renderSegments = segmentation, True
+            self.assertEqual(NanoDRR.NanoDRRLogic.segmentIdsToRender(self.p), allIds[1:])
+            messages = []
+            drr, parts = self.logic.renderFromParameters(self.p, lambda f, message="": messages.append(message))
+            self.assertEqual(sorted(NanoDRR.NanoDRRLogic.segmentDRRs(drr)), sorted(allIds[1:]))
+            chunks = math.ceil(len(allIds[1:]) / NanoDRR.SEGMENT_CHUNK)
+            self.assertEqual(sum("segments" in m for m in messages), chunks)
 
         def test_cancel_unwinds_between_segments(self):
             self.logic.createCArmFromParameters(self.p)
@@ -198,13 +218,17 @@ HARNESS = textwrap.dedent(
         def test_live_renderer_from_parameters(self):
             self.logic.createCArmFromParameters(self.p)
             scheduled = []
+            self.p.displayMode = "transmission"
             live = self.logic.createLiveRenderer(self.p, schedule=scheduled.append)
-            live.start()
+            live.start()  # one full-resolution render
+            self.assertEqual(live.renderCount, 1)
             self.logic.setCArmAngles(self.p.carmTransform, self.volume, primary=30.0, secondary=0.0, sod=self.p.sod)
             while scheduled:
                 scheduled.pop(0)()
-            self.assertEqual(live.renderCount, 1)
-            self.assertEqual(slicer.util.arrayFromVolume(self.p.outputVolume).shape, (1, 12, 16))
+            self.assertEqual(live.renderCount, 2)
+            image = slicer.util.arrayFromVolume(self.p.outputVolume)
+            self.assertEqual(image.shape, (1, 12, 16))  # preview at half resolution
+            self.assertTrue(np.all((image > 0.0) & (image <= 1.0)))  # the display mode reached the renderer
             live.stop()
 
         def test_detector_presets_round_trip(self):

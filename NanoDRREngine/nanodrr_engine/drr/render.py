@@ -98,5 +98,6 @@ def render(
         name, op = resolve_backend(backend, device, vol.dtype)
         if name != "torch":  # the fused kernels take float32 geometry
             start, delta, step = start.float(), delta.float(), step.float()
-        out = op(vol, lab, C, start, delta, step, n_samples)
+        extra = {"width": width} if name == "triton" else {}  # pixel tiles for GPU cache locality
+        out = op(vol, lab, C, start, delta, step, n_samples, **extra)
     return out.reshape(B, C, height, width)

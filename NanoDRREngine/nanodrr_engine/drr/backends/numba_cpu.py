@@ -510,7 +510,25 @@ def _fwd_labels(vol, lab, D, H, W, C, N, start, delta, step, n, out, n_groups, b
 
 @njit(parallel=True, fastmath=_FM, cache=True)
 def _bwd_rays(
-    vol, lab, C, N, D, H, W, gout, start, delta, step, n, dstart, ddelta, dstep, pos, need_step, n_groups, block
+    vol,
+    lab,
+    C,
+    N,
+    D,
+    H,
+    W,
+    gout,
+    start,
+    delta,
+    step,
+    n,
+    dstart,
+    ddelta,
+    dstep,
+    pos,
+    need_step,
+    n_groups,
+    block,
 ):
     """Per-ray gradients: dstep = Σ g·μ, dstart = step·Σ g·∇μ, ddelta = step·Σ s·g·∇μ.
 

@@ -73,7 +73,7 @@ def _nearest_label(lab: torch.Tensor, pts: torch.Tensor, n_classes: int) -> torc
     inside = (x >= 0) & (x < I) & (y >= 0) & (y < J) & (z >= 0) & (z < K)
     flat = (z.clamp(0, K - 1) * J + y.clamp(0, J - 1)) * I + x.clamp(0, I - 1)
     label = torch.where(inside, lab.reshape(-1)[flat].long(), 0)
-    return torch.where(label < n_classes, label, n_classes)
+    return torch.where((label >= 0) & (label < n_classes), label, n_classes)
 
 
 def _soft(vol: torch.Tensor, lab: torch.Tensor, n_classes: int, pts: torch.Tensor) -> torch.Tensor:
@@ -94,6 +94,6 @@ def _soft(vol: torch.Tensor, lab: torch.Tensor, n_classes: int, pts: torch.Tenso
                 inside = (x >= 0) & (x < I) & (y >= 0) & (y < J) & (z >= 0) & (z < K)
                 flat = (z.clamp(0, K - 1) * J + y.clamp(0, J - 1)) * I + x.clamp(0, I - 1)
                 label = flat_lab[flat].long()
-                channel = torch.where(inside & (label < n_classes), label, n_classes)
+                channel = torch.where(inside & (label >= 0) & (label < n_classes), label, n_classes)
                 out.scatter_add_(1, channel, torch.where(inside, w * flat_vol[flat], 0.0))
     return out[:, :n_classes]
