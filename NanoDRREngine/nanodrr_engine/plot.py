@@ -81,7 +81,7 @@ def _overlay(axs, mask, cmap_name, n_colors, interior_alpha, edge_alpha, edge_wi
         for c in range(m.shape[1]):
             if not m[b, c].any():
                 continue
-            color = torch.tensor(colors(c % n_colors))
+            color = torch.tensor(colors(c % n_colors), dtype=torch.float32)
             inside = m[b, c].bool()
             rgba[inside] = torch.cat([color[:3], torch.tensor([interior_alpha])])
             rgba[edge[b, c]] = torch.cat([color[:3], torch.tensor([edge_alpha])])
