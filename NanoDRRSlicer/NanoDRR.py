@@ -6,6 +6,7 @@ binds it to the GUI. Nothing heavy is imported at module load: torch comes from 
 is installed on first use, so the module loads (and can offer to install it) on a fresh Slicer.
 """
 
+import contextlib
 import inspect
 import logging
 import math
@@ -279,6 +280,16 @@ class NanoDRRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._updateLive()  # resume live rendering saved in the scene
         self._updateButtonStates()
 
+    @contextlib.contextmanager
+    def _displayErrors(self, message: str):
+        """Show an error like tryWithErrorDisplay, then swallow it: for reactions to parameter changes,
+        which run inside VTK observer callbacks where an exception would only be logged."""
+        try:
+            with slicer.util.tryWithErrorDisplay(message, waitCursor=False):
+                yield
+        except Exception as e:
+            logging.error(f"NanoDRR: {message} {e}")
+
     #
     # Parameter node -> scene
     #
@@ -327,7 +338,7 @@ class NanoDRRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self._applyingPose = True
         try:
-            with slicer.util.tryWithErrorDisplay(_("Failed to move the C-arm."), waitCursor=False):
+            with self._displayErrors(_("Failed to move the C-arm.")):
                 self.logic.setCArmAngles(
                     p.carmTransform,
                     p.inputVolume,
@@ -395,7 +406,7 @@ class NanoDRRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         if not p.carmTransform or self._busy:
             return
-        with slicer.util.tryWithErrorDisplay(_("Failed to show the C-arm geometry."), waitCursor=False):
+        with self._displayErrors(_("Failed to show the C-arm geometry.")):
             self.logic.updateGeometryFromParameters(p)
 
     #
@@ -480,7 +491,7 @@ class NanoDRRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updatingLive = True
         started = False
         try:
-            with slicer.util.tryWithErrorDisplay(_("Failed to start live rendering."), waitCursor=True):
+            with self._displayErrors(_("Failed to start live rendering.")):
                 self.logic.ensureDependencies()
                 if not p.carmTransform:
                     self.logic.createCArmFromParameters(p)
@@ -877,6 +888,7 @@ class NanoDRRLogic(ScriptedLoadableModuleLogic, NanoDRRLib.NanoDRRLogic):
             p.geometryModel.SetDisplayVisibility(p.showGeometry)
         if p.carmTransform and p.carmTransform.GetDisplayNode():
             p.carmTransform.GetDisplayNode().SetEditorVisibility(p.showGeometry)
+        self.showDRRIn3D(p.outputVolume, p.showGeometry)
 
     #
     # Views
@@ -904,6 +916,16 @@ class NanoDRRLogic(ScriptedLoadableModuleLogic, NanoDRRLib.NanoDRRLogic):
         self.alignSliceToImage(sliceNode, drrNode)
         sliceNode.SetSliceVisible(showIn3D)
         sliceWidget.fitSliceToBackground()
+
+    @staticmethod
+    def showDRRIn3D(drrNode, visible: bool) -> None:
+        """Show or hide the Red slice (on the detector plane) in 3D, if it shows this DRR."""
+        layoutManager = slicer.app.layoutManager()
+        sliceWidget = layoutManager.sliceWidget("Red") if layoutManager is not None else None
+        if sliceWidget is None or drrNode is None:
+            return
+        if sliceWidget.mrmlSliceCompositeNode().GetBackgroundVolumeID() == drrNode.GetID():
+            sliceWidget.mrmlSliceNode().SetSliceVisible(visible)
 
     @staticmethod
     def alignSliceToImage(sliceNode, volumeNode) -> None:
@@ -1042,8 +1064,9 @@ class NanoDRRTest(ScriptedLoadableModuleTest):
         exact = phantom.line_integral(np.broadcast_to(source, targets.shape), targets)
         rendered = image[0, rows, cols].reshape(-1).astype(np.float64)
         self.assertGreater(float(exact.mean()), 1.0)  # the rays do cross the chest
-        self.assertLess(abs(rendered.mean() / exact.mean() - 1.0), 0.02)
-        self.assertLess(float(np.median(np.abs(rendered - exact) / exact)), 0.05)
+        # Measured with the CPU backends: mean within 0.2 %, median per-ray error 0.6 %.
+        self.assertLess(abs(rendered.mean() / exact.mean() - 1.0), 0.01)
+        self.assertLess(float(np.median(np.abs(rendered - exact) / exact)), 0.025)
 
         # Transmission display is exp(-integral) of the same rays.
         transmission = logic.render(
@@ -1199,10 +1222,10 @@ class NanoDRRTest(ScriptedLoadableModuleTest):
         exact = phantom.line_integral(np.broadcast_to(source, pixels.shape), pixels, label=spineLabel)
         rendered = spine.reshape(-1)
         self.assertGreater(float(exact.sum()), 0.0)
-        # Boundaries are voxelised (nearest label at 3 mm), so compare totals, and check that rays missing
-        # the spine get (almost) nothing.
-        self.assertLess(abs(rendered.sum() / exact.sum() - 1.0), 0.10)
-        self.assertLess(float(rendered[exact == 0.0].max(initial=0.0)), 0.05 * float(rendered.max()))
+        # Boundaries are voxelised (nearest label at 3 mm), so compare totals (measured: 1.1 % low), and
+        # check that rays missing the spine get (almost) nothing.
+        self.assertLess(abs(rendered.sum() / exact.sum() - 1.0), 0.04)
+        self.assertLess(float(rendered[exact == 0.0].max(initial=0.0)), 0.02 * float(rendered.max()))
         self.delayDisplay("Test passed")
 
     def test_NanoDRR_widget(self):

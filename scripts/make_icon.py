@@ -1,9 +1,12 @@
-"""Draw the NanoDRR module/extension icon (128x128 PNG) with matplotlib.
+"""Draw the NanoDRR icon (128x128 PNG) and the extension's example image with matplotlib.
 
 The icon shows a C-arm: an X-ray source at the bottom, a fan beam through a patient cross-section,
-and the detector at the top with a radiograph-like intensity profile. Run from the repository root:
+and the detector at the top with a radiograph-like intensity profile. The example image (the extension's
+screenshot URL) shows real engine renders of the analytic chest phantom at four clinical C-arm angles.
+Run from the repository root:
 
-    python scripts/make_icon.py [output.png]
+    python scripts/make_icon.py [icon.png]
+    python scripts/make_icon.py --example [example.png]
 """
 
 from __future__ import annotations
@@ -20,7 +23,13 @@ import numpy as np
 from matplotlib.patches import Arc, Circle, Ellipse, FancyBboxPatch, Polygon, Rectangle
 
 SIZE_PX = 128
-DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "NanoDRRSlicer" / "Resources" / "Icons" / "NanoDRR.png"
+RESOURCES = Path(__file__).resolve().parents[1] / "NanoDRRSlicer" / "Resources"
+DEFAULT_OUTPUT = RESOURCES / "Icons" / "NanoDRR.png"
+DEFAULT_EXAMPLE = RESOURCES / "Screenshots" / "NanoDRR_example.png"
+
+#: (title, primary, secondary) of the example views (DICOM angles in degrees).
+EXAMPLE_VIEWS = [("AP", 0.0, 0.0), ("LAO 30 CAUD 25", 30.0, -25.0), ("LAO 90 (lateral)", 90.0, 0.0),
+                 ("RAO 30 CRAN 20", -30.0, 20.0)]  # fmt: skip
 
 
 def draw_icon(output: Path) -> Path:
@@ -89,9 +98,37 @@ def draw_icon(output: Path) -> Path:
     return output
 
 
+def draw_example(output: Path, size: int = 200, spacing: float = 2.0, sdd: float = 1020.0) -> Path:
+    """DRRs of the engine's chest phantom from a C-arm at several angles (conventional display)."""
+    import torch
+    from nanodrr_engine import Subject, carm_to_rt_inv, make_k_inv, render
+    from nanodrr_engine.camera import to_display
+    from nanodrr_engine.data.phantom import make_chest_phantom
+
+    vol_hu, _labels, voxel_to_world, _phantom = make_chest_phantom(spacing=(2.0, 2.0, 2.5))
+    subject = Subject.from_array(vol_hu, voxel_to_world)
+    k_inv = make_k_inv(sdd, spacing, spacing, 0.0, 0.0, size, size)
+    fig, axes = plt.subplots(1, len(EXAMPLE_VIEWS), figsize=(3.0 * len(EXAMPLE_VIEWS), 3.4), dpi=100)
+    for ax, (title, primary, secondary) in zip(axes, EXAMPLE_VIEWS, strict=True):
+        rt_inv = carm_to_rt_inv(primary, secondary, 850.0, subject.isocenter).to(torch.float32)
+        with torch.no_grad():
+            image = to_display(render(subject, k_inv, rt_inv, sdd, size, size, n_samples=500))[0, 0]
+        ax.imshow(image.numpy(), cmap="gray")
+        ax.set_title(title, fontsize=11)
+        ax.axis("off")
+    fig.suptitle("NanoDRR: DRRs of the analytic chest phantom (SDD 1020 mm, SOD 850 mm)", fontsize=12)
+    fig.tight_layout()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output)
+    plt.close(fig)
+    return output
+
+
 def main(argv: list[str]) -> int:
-    output = Path(argv[1]) if len(argv) > 1 else DEFAULT_OUTPUT
-    path = draw_icon(output)
+    if len(argv) > 1 and argv[1] == "--example":
+        path = draw_example(Path(argv[2]) if len(argv) > 2 else DEFAULT_EXAMPLE)
+    else:
+        path = draw_icon(Path(argv[1]) if len(argv) > 1 else DEFAULT_OUTPUT)
     print(f"wrote {path}")
     return 0
 

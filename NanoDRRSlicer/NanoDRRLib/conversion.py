@@ -7,21 +7,26 @@ Non-linear parent transforms cannot be expressed as one matrix and are rejected.
 
 Conversion (a copy of the voxels plus the finite check) costs ~0.3 s on a 512×512×133 CT, so the
 subject is cached per volume node and rebuilt only when its voxels, geometry or transform change.
-Staleness is detected by modification times (node, image data, scalar array) and by the fused
-matrix's values, which needs no observers and so cannot leak or miss an event.
+Staleness is detected by the image data's and scalar array's identity and modification times and by
+the fused matrix's values, which needs no observers and so cannot leak. Voxel edits must be announced
+the Slicer way (``slicer.util.arrayFromVolumeModified`` or ``updateVolumeFromArray``); node-level changes
+(name, display, attributes) do not trigger a conversion.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import slicer
-import torch
 import vtk
 
 from .errors import NanoDRRError
+
+if TYPE_CHECKING:  # torch is imported lazily: Slicer may install it after this module loads
+    import torch
 
 
 def nodeLabel(node) -> str:
@@ -129,7 +134,6 @@ def volumeKey(volumeNode, voxelToWorld: np.ndarray) -> tuple:
     scalars = image.GetPointData().GetScalars()
     return (
         volumeNode.GetID(),
-        volumeNode.GetMTime(),
         _address(image),
         image.GetMTime(),
         _address(scalars),
@@ -165,8 +169,16 @@ class _Entry:
         self.key = key
         self.hu = hu  # CPU float32 [K, J, I], shared by every subject built from it
         self.voxelToWorld = voxelToWorld
+        self.huOnDevice: dict[str, torch.Tensor] = {}
         self.subjects: dict[str, object] = {}  # device -> Subject (no labels)
         self.labelled: OrderedDict[tuple, object] = OrderedDict()  # (segmentation key, device) -> Subject
+
+    def huOn(self, device: torch.device) -> torch.Tensor:
+        """The voxels on ``device`` (one copy per device, shared by all subjects there)."""
+        key = str(device)
+        if key not in self.huOnDevice:
+            self.huOnDevice[key] = self.hu if device.type == "cpu" else self.hu.to(device)
+        return self.huOnDevice[key]
 
 
 class SubjectCache:
@@ -191,10 +203,9 @@ class SubjectCache:
         key = volumeKey(volumeNode, voxelToWorld)
         entry = self._entries.get(volumeNode.GetID())
         if entry is None or entry.key != key:
-            hu = torch.from_numpy(volumeArray(volumeNode))
-            if not bool(torch.isfinite(hu).all()):
-                raise NanoDRRError(f"volumeNode {nodeLabel(volumeNode)}: contains NaN or infinite voxels")
-            entry = _Entry(key, hu, voxelToWorld)
+            import torch
+
+            entry = _Entry(key, torch.from_numpy(volumeArray(volumeNode)), voxelToWorld)
             self.conversionCount += 1
             self._entries[volumeNode.GetID()] = entry
             while len(self._entries) > self.maxVolumes:
@@ -207,7 +218,7 @@ class SubjectCache:
         entry = self._entry(volumeNode, voxelToWorld)
         sub = entry.subjects.get(str(device))
         if sub is None:
-            sub = makeSubject(entry.hu, voxelToWorld, volumeNode).to(device)
+            sub = makeSubject(entry.huOn(device), voxelToWorld, volumeNode).to(device)
             entry.subjects[str(device)] = sub
         _setMu(sub, mu)
         return sub
@@ -226,14 +237,17 @@ class SubjectCache:
         Returns ``[(subject, meta)]``. Cached under ``labelKey``, which must change whenever the labels
         would; the voxels are shared with the plain subject (no copy).
         """
+        base = self.subject(volumeNode, voxelToWorld, device, mu)
         entry = self._entry(volumeNode, voxelToWorld)
         key = (labelKey, str(device))
         subjects = entry.labelled.get(key)
         if subjects is None:
-            subjects = [
-                (makeSubject(entry.hu, voxelToWorld, volumeNode, label=lab, maxLabel=top).to(device), meta)
-                for lab, top, meta in makeLabels()
-            ]
+            try:
+                # views of the plain subject: same voxels and μ volume, only the labels are new
+                _ = base.image  # compute μ once; the views share it
+                subjects = [(base.with_labels(lab, top), meta) for lab, top, meta in makeLabels()]
+            except (ValueError, TypeError) as e:
+                raise NanoDRRError(f"segmentationNode: {e}") from e
             self.labelConversionCount += 1
             entry.labelled[key] = subjects
             while len(entry.labelled) > self.maxLabelled:

@@ -15,10 +15,10 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import slicer
-import torch
 
 from . import carm as _carm
 from .conversion import (
@@ -54,11 +54,16 @@ from .segments import (
     voxelCounts,
 )
 
+if TYPE_CHECKING:  # torch and the engine are imported lazily (Slicer may install torch on demand)
+    import torch
+
 BACKENDS = ("auto", "numba", "triton", "torch")
 
 
 def resolveDevice(device) -> torch.device:
     """``None``/"auto" → CUDA if available, else MPS, else CPU; explicit devices must be available."""
+    import torch
+
     mps = getattr(torch.backends, "mps", None)
     mpsOk = bool(mps is not None and mps.is_available())
     if device is None or (isinstance(device, str) and device.lower() == "auto"):
@@ -222,6 +227,8 @@ class NanoDRRLogic:
 
     def _renderTensor(self, subject, req: _Request) -> np.ndarray:
         """Engine render ``[C, H, W]`` float32 (∫μ ds per channel)."""
+        import torch
+
         drr = self._drr(req.geometry, req.device)
         pose = torch.as_tensor(req.pose, dtype=torch.float64, device=req.device)[None]
         try:
@@ -272,6 +279,7 @@ class NanoDRRLogic:
         name: str | None = None,
         autoWindowLevel: bool = True,
         backend: str = "auto",
+        progressCallback=None,
     ):
         """Render a DRR of ``volumeNode`` from the C-arm pose into a scalar volume node.
 
@@ -288,6 +296,8 @@ class NanoDRRLogic:
             name: name of a new output node (default "<volume> DRR").
             autoWindowLevel: set window/level from robust percentiles of the image.
             backend: engine ray-march backend ("auto" picks the fastest).
+            progressCallback: ``progressCallback(fraction, message)`` between stages; it may raise to
+                cancel, which is safe until the outputs are written (the last report is before that).
 
         Returns:
             The output ``vtkMRMLScalarVolumeNode`` (array ``(1, H, W)`` float32 on the detector plane).
@@ -300,14 +310,18 @@ class NanoDRRLogic:
         if segmentationNode is not None:
             checkSegmentationNode(segmentationNode, req.scene)
             ids = selectSegmentIds(segmentationNode, segmentIds)
-            ensureBinaryLabelmaps(segmentationNode)
         elif segmentIds is not None:
             raise NanoDRRError("segmentIds: given without a segmentationNode")
         checkOutputNode(outputNode, req.scene, forbidden=(volumeNode,))
         if name is not None and not isinstance(name, str):
             raise NanoDRRError(f"name: expected a string, got {name!r}")
+        _checkCallable(progressCallback, "progressCallback")
+        if segmentationNode is not None:
+            ensureBinaryLabelmaps(segmentationNode)  # may convert e.g. closed surfaces: after validation
         t1 = time.perf_counter()
 
+        report = progressCallback or (lambda fraction, message="": None)
+        report(0.0, "Preparing the volume")
         self.lastRenderPasses = 0
         if segmentationNode is None:
             subject = self._cache.subject(volumeNode, req.voxelToWorld, req.device, req.mu)
@@ -333,8 +347,10 @@ class NanoDRRLogic:
             channel = 1
         t2 = time.perf_counter()
 
+        report(0.1, "Rendering")
         image = self._renderTensor(subject, req)[channel]
         t3 = time.perf_counter()
+        report(0.95, "Updating the DRR node")
 
         image, colorID = self._display(image, req.displayMode)
         node = writeDRR(
@@ -371,6 +387,7 @@ class NanoDRRLogic:
         folderName: str | None = None,
         autoWindowLevel: bool = True,
         backend: str = "auto",
+        progressCallback=None,
     ) -> dict:
         """One DRR per segment: the CT restricted to that segment (overlapping segments included).
 
@@ -394,12 +411,13 @@ class NanoDRRLogic:
             raise NanoDRRError("segmentationNode: no segmentation selected")
         checkSegmentationNode(segmentationNode, req.scene)
         ids = selectSegmentIds(segmentationNode, segmentIds)
-        ensureBinaryLabelmaps(segmentationNode)
         outputNodes = dict(outputNodes or {})
         for sid, node in outputNodes.items():
             checkOutputNode(node, req.scene, forbidden=(volumeNode,), role=f"outputNodes[{sid!r}]")
         if folderName is not None and not isinstance(folderName, str):
             raise NanoDRRError(f"folderName: expected a string, got {folderName!r}")
+        _checkCallable(progressCallback, "progressCallback")
+        ensureBinaryLabelmaps(segmentationNode)
         t1 = time.perf_counter()
 
         shape = volumeShape(volumeNode)
@@ -412,6 +430,8 @@ class NanoDRRLogic:
                 out.append((labels, len(groupIds), (groupIds, counts[1:].tolist())))
             return out
 
+        report = progressCallback or (lambda fraction, message="": None)
+        report(0.0, "Resampling segments onto the volume")
         self.lastRenderPasses = 0
         key = ("segments", segmentationKey(segmentationNode, ids))
         groups = self._cache.labelledSubjects(
@@ -428,19 +448,24 @@ class NanoDRRLogic:
         t2 = time.perf_counter()
 
         images: dict[str, np.ndarray] = {}
-        for subject, (gids, cs) in groups:
+        for n, (subject, (gids, cs)) in enumerate(groups):
             if not any(cs):
                 continue
+            report(
+                0.1 + 0.8 * n / len(groups),
+                f"Rendering {len(gids)} segment(s), pass {n + 1} of {len(groups)}",
+            )
             out = self._renderTensor(subject, req)
             for c, sid in enumerate(gids, start=1):
                 images[sid] = out[c]
         t3 = time.perf_counter()
 
+        report(0.9, "Updating the DRR nodes")
         ijk = detectorIJKToRAS(req.pose, req.geometry)
         result: dict[str, object] = {}
         created = []
         for sid in ids:
-            if sid not in images:
+            if sid not in images or counts.get(sid, 0) == 0:
                 continue
             image, _ = self._display(images[sid], req.displayMode)
             name = segmentName(segmentationNode, sid)
@@ -464,6 +489,11 @@ class NanoDRRLogic:
             "validate": t1 - t0, "convert": t2 - t1, "render": t3 - t2, "output": t4 - t3, "total": t4 - t0,
         }  # fmt: skip
         return result
+
+
+def _checkCallable(value, name: str) -> None:
+    if value is not None and not callable(value):
+        raise NanoDRRError(f"{name}: must be callable or None, got {type(value).__name__}")
 
 
 def _putInFolder(scene, nodes: list, folderName: str) -> None:

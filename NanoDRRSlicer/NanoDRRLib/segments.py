@@ -25,7 +25,7 @@ from vtk.util.numpy_support import vtk_to_numpy
 from .conversion import _address, matrixToArray, nodeLabel
 from .errors import NanoDRRError
 
-_MAX_CHANNELS = 65534  # labels are uint16; channel 0 is the background
+_MAX_CHANNELS = 65535  # channel 0 is the background
 
 
 def binaryRepresentationName() -> str:
@@ -183,10 +183,17 @@ def layersOnGrid(segmentationNode, ids: list[str], volumeNode, voxelToWorld: np.
     return out
 
 
+def _dtypeFor(n: int):
+    """Smallest label dtype for channels 0..n that torch can reduce over (it has no uint16 min/max)."""
+    if n <= 255:
+        return np.uint8
+    return np.int16 if n <= 32767 else np.int32
+
+
 def _localChannels(values: np.ndarray, mapping: dict[str, int], order: list[str]) -> np.ndarray:
-    """Layer values → 1..n (in ``order``) for the selected segments, 0 elsewhere; uint16."""
+    """Layer values → 1..n (in ``order``) for the selected segments, 0 elsewhere."""
     top = max(int(values.max(initial=0)), *mapping.values())
-    lut = np.zeros(top + 1, dtype=np.uint16)
+    lut = np.zeros(top + 1, dtype=_dtypeFor(len(order)))
     for n, sid in enumerate(order, start=1):
         lut[mapping[sid]] = n
     if values.dtype.kind != "u" and values.min(initial=0) < 0:
@@ -202,26 +209,27 @@ def channelGroups(layers: list) -> list[tuple[np.ndarray, list[str]]]:
         local = _localChannels(values, mapping, order)
         inside = local > 0
         for group in groups:
-            if len(group[1]) + len(order) <= _MAX_CHANNELS and not np.any(inside & (group[0] > 0)):
-                group[0][inside] = local[inside] + len(group[1])
+            n = len(group[1]) + len(order)
+            if n <= _MAX_CHANNELS and not np.any(inside & (group[0] > 0)):
+                dtype = _dtypeFor(n)
+                if group[0].dtype != dtype:
+                    group[0] = group[0].astype(dtype)
+                group[0][inside] = local[inside].astype(dtype) + len(group[1])
                 group[1].extend(order)
                 break
         else:
             groups.append([local, order])
-    return [(_compact(labels, len(ids)), ids) for labels, ids in groups]
-
-
-def _compact(labels: np.ndarray, top: int) -> np.ndarray:
-    """The smallest signed/uint8 dtype torch can reduce over (torch has no uint16 min/max)."""
-    for dtype, limit in ((np.uint8, 255), (np.int16, 32767)):
-        if top <= limit:
-            return labels.astype(dtype, copy=False)
-    return labels.astype(np.int32)
+    return [(labels, ids) for labels, ids in groups]
 
 
 def voxelCounts(labels: np.ndarray, n: int) -> np.ndarray:
     """Voxels per channel 0..n of a label volume."""
-    return np.bincount(labels.ravel(), minlength=n + 1)[: n + 1]
+    import torch
+
+    flat = torch.from_numpy(np.ascontiguousarray(labels).reshape(-1))
+    if flat.dtype != torch.uint8:
+        flat = flat.to(torch.int64)
+    return torch.bincount(flat, minlength=n + 1)[: n + 1].numpy()
 
 
 def unionMask(layers: list) -> np.ndarray:

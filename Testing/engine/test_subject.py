@@ -217,3 +217,17 @@ def test_missing_and_unreadable_files(tmp_path):
         Subject.from_filepath(bad)
     with pytest.raises(ValueError, match="mu_bone"):
         Subject.from_array(np.zeros((2, 2, 2)), np.eye(4), mu_bone=-1.0)
+
+
+def test_with_labels_shares_voxels_and_mu_cache():
+    hu = np.linspace(-1000, 1000, 24, dtype=np.float32).reshape(2, 3, 4)
+    s = Subject.from_array(hu, np.eye(4), mu_bone=0.07)
+    mu = s.image
+    lab = np.zeros((2, 3, 4), bool)
+    lab[1] = True
+    t = s.with_labels(lab)
+    assert t._image_hu.data_ptr() == s._image_hu.data_ptr() and t.image is mu  # no copy, no recompute
+    assert t.n_classes == 2 and t.label.dtype == torch.uint8 and t.mu_bone == 0.07
+    assert s.label is None  # the original is untouched
+    with pytest.raises(ValueError, match="label"):
+        s.with_labels(np.zeros((2, 3, 5)))

@@ -751,8 +751,13 @@ def test_icon_url_points_at_the_icon_in_this_repository():
     icon_url = extension_metadata()["EXTENSION_ICONURL"]
     assert icon_url.startswith(REPO_RAW_URL)
     assert (REPO / icon_url[len(REPO_RAW_URL) :]).resolve() == ICON.resolve()
-    for url in extension_metadata()["EXTENSION_SCREENSHOTURLS"].split():
-        assert url.startswith(REPO_RAW_URL) and url.endswith((".png", ".jpg", ".jpeg", ".gif")), url
+    screenshots = extension_metadata()["EXTENSION_SCREENSHOTURLS"].split()
+    assert screenshots
+    for url in screenshots:  # the ExtensionsIndex downloads them and wants images
+        assert url.startswith(REPO_RAW_URL), url
+        path = REPO / url[len(REPO_RAW_URL) :]
+        assert path.is_file(), f"{url} names no file in this repository"
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{path.name} is not a PNG"
 
 
 def test_catalog_entry_follows_the_schema_and_agrees_with_cmake():

@@ -39,7 +39,9 @@ class _MuParam:
     def __set__(self, obj, value) -> None:
         if self.public != "convert_to_mu":
             check_positive(value, self.public)
-        if obj.__dict__.get(self.name, self.default) is not value:
+        current = obj.__dict__.get(self.name, self.default)
+        tensors = isinstance(value, torch.Tensor) or isinstance(current, torch.Tensor)
+        if current is not value and (tensors or current != value):
             obj.__dict__[self.name] = value
             obj._mu_cache = None
 
@@ -153,27 +155,14 @@ class Subject(torch.nn.Module):
             )
         w2v64 = torch.linalg.inv(v2w64)
 
-        lab = None
-        if label is not None:
-            lab = torch.as_tensor(np.asarray(label) if not isinstance(label, torch.Tensor) else label)
-            if tuple(lab.shape) != tuple(vol.shape):
-                raise ValueError(
-                    f"label: shape {list(lab.shape)} differs from the volume's {list(vol.shape)}"
-                )
-            if lab.is_floating_point():
-                if not bool((lab == lab.round()).all()):
-                    raise ValueError("label: must hold integer labels, got fractional values")
-                lab = lab.to(torch.int32)
-            if lab.numel() and int(lab.min()) < 0:
-                raise ValueError(f"label: labels must be >= 0, got minimum {int(lab.min())}")
-            lab = _compact_int(lab).reshape(1, 1, *lab.shape)
+        lab = None if label is None else _as_labelmap(label, tuple(vol.shape))
 
         shape = tuple(vol.shape)
         k, j, i = shape
         centre = v2w64 @ torch.tensor([(i - 1) / 2, (j - 1) / 2, (k - 1) / 2, 1.0], dtype=torch.float64)
         return cls(
             vol.reshape(1, 1, *shape).contiguous(),
-            lab.contiguous() if lab is not None else None,
+            lab,
             v2w64.float(),
             w2v64.float(),
             voxel_to_grid_matrix(shape),
@@ -206,6 +195,26 @@ class Subject(torch.nn.Module):
         return cls.from_array(
             sitk.GetArrayFromImage(image), voxel_to_world_ras(image), label, max_label, **mu
         )
+
+    def with_labels(self, label: np.ndarray | torch.Tensor | None, max_label: int | None = None) -> Subject:
+        """A subject with another labelmap that shares this one's voxels, geometry, μ parameters and μ cache.
+
+        No voxel is copied, so per-segment renders of one CT cost only their label volumes.
+        """
+        lab = None if label is None else _as_labelmap(label, self.shape).to(self._image_hu.device)
+        mu = {k: getattr(self, k) for k in _MU_FIELDS}
+        other = type(self)(
+            self._image_hu,
+            lab,
+            self.voxel_to_world,
+            self.world_to_voxel,
+            self.voxel_to_grid,
+            self.isocenter,
+            max_label,
+            **mu,
+        )
+        other._mu_cache = self._mu_cache
+        return other
 
     # --- μ volume -----------------------------------------------------------------------------
 
@@ -265,6 +274,22 @@ class Subject(torch.nn.Module):
             f"shape={list(self.shape)}, spacing={[round(s, 4) for s in self.spacing.tolist()]}, "
             f"n_classes={self.n_classes}, dtype={self._image_hu.dtype}"
         )
+
+
+def _as_labelmap(label, shape: tuple[int, int, int]) -> torch.Tensor:
+    """Validated integer labelmap ``[1, 1, K, J, I]`` in the smallest integer dtype."""
+    lab = torch.as_tensor(np.asarray(label) if not isinstance(label, torch.Tensor) else label)
+    if tuple(lab.shape) != tuple(shape):
+        raise ValueError(f"label: shape {list(lab.shape)} differs from the volume's {list(shape)}")
+    if lab.dtype == torch.bool:
+        lab = lab.to(torch.uint8)
+    if lab.is_floating_point():
+        if not bool((lab == lab.round()).all()):
+            raise ValueError("label: must hold integer labels, got fractional values")
+        lab = lab.to(torch.int32)
+    if lab.numel() and int(lab.min()) < 0:
+        raise ValueError(f"label: labels must be >= 0, got minimum {int(lab.min())}")
+    return _compact_int(lab).reshape(1, 1, *shape).contiguous()
 
 
 def _compact_int(lab: torch.Tensor) -> torch.Tensor:

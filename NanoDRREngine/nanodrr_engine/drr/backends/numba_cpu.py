@@ -38,6 +38,7 @@ try:  # numba is optional: this module must import (and ``is_available`` answer)
     import numba
     from llvmlite import ir as _ir
     from numba import njit, prange, types
+    from numba.core import cgutils
     from numba.extending import intrinsic, overload
 
     _IMPORT_ERROR: Exception | None = None
@@ -75,6 +76,9 @@ _F1 = np.float32(1.0)
 _NAN = np.float32(np.nan)
 #: Sample positions may be off by rounding; the inner (unchecked) loop keeps this far from edges.
 _MARGIN = 0.01
+#: Samples per chunk of the forward labelmap march (stack buffers of μ and labels; 32-256 measured,
+#: 128 best by ~5%).
+_RUN_BUF = 128
 
 
 def _to_f32(x):  # pragma: no cover - replaced by the overload below inside jitted code
@@ -112,6 +116,40 @@ if _IMPORT_ERROR is None:
         return arr.dtype(arr, idx), codegen
 
     @intrinsic
+    def _ld_label(typingctx, arr, idx):
+        """``arr.flat[idx]`` as int64, for 8/16-bit arrays via an aligned-agnostic 32-bit load.
+
+        x86 has no byte or word gathers: reading the 32-bit word that holds the element (moved
+        back from the end of the array so that it never reads past it) vectorises to one dword
+        gather. Needs ``arr.size * itemsize >= 4`` (callers ensure it).
+        """
+        if not isinstance(arr, types.Array) or not isinstance(arr.dtype, types.Integer):
+            return None
+        if not isinstance(idx, types.Integer):
+            return None
+        dtype = arr.dtype
+
+        def codegen(context, builder, sig, args):
+            a = context.make_array(sig.args[0])(context, builder, args[0])
+            i = _as_i32(builder, args[1], sig.args[1])
+            bits = dtype.bitwidth
+            if bits >= 32:
+                v = builder.load(builder.gep(a.data, [builder.sext(i, _I64)], inbounds=True))
+            else:
+                per_word = 32 // bits
+                last = builder.trunc(builder.sub(a.nitems, _ir.Constant(_I64, per_word)), _I32)
+                j = builder.select(builder.icmp_signed(">", i, last), last, i)
+                shift = builder.mul(builder.sub(i, j), _ir.Constant(_I32, bits))
+                ptr = builder.gep(a.data, [builder.sext(j, _I64)], inbounds=True)
+                word = builder.load(builder.bitcast(ptr, _I32.as_pointer()), align=1)
+                v = builder.trunc(builder.lshr(word, shift), _ir.IntType(bits))
+            if bits == 64:
+                return v
+            return builder.sext(v, _I64) if dtype.signed else builder.zext(v, _I64)
+
+        return types.int64(arr, idx), codegen
+
+    @intrinsic
     def _ld_pair(typingctx, arr, idx):
         """``(arr.flat[idx], arr.flat[idx + 1])`` as float32 with one load (vectorises to gathers)."""
         if not isinstance(arr, types.Array) or not isinstance(idx, types.Integer):
@@ -131,10 +169,12 @@ if _IMPORT_ERROR is None:
                 lo, hi = builder.bitcast(lo, f32), builder.bitcast(hi, f32)
             elif dtype == types.uint16:  # IEEE half bits
                 v = builder.load(builder.bitcast(ptr, _I32.as_pointer()), align=2)
-                h2 = builder.bitcast(v, _ir.VectorType(_ir.HalfType(), 2))
-                f2 = builder.fpext(h2, _ir.VectorType(f32, 2))
-                lo = builder.extract_element(f2, _ir.Constant(_I32, 0))
-                hi = builder.extract_element(f2, _ir.Constant(_I32, 1))
+                i16 = _ir.IntType(16)
+                lo = builder.trunc(v, i16)
+                hi = builder.trunc(builder.lshr(v, _ir.Constant(_I32, 16)), i16)
+                # scalar ops only (no <2 x half>), so that the loop vectoriser can widen them
+                lo = builder.fpext(builder.bitcast(lo, _ir.HalfType()), f32)
+                hi = builder.fpext(builder.bitcast(hi, _ir.HalfType()), f32)
             else:  # bfloat16 bits: the upper half of a float32
                 v = builder.load(builder.bitcast(ptr, _I32.as_pointer()), align=2)
                 lo = builder.bitcast(builder.shl(v, _ir.Constant(_I32, 16)), f32)
@@ -142,6 +182,71 @@ if _IMPORT_ERROR is None:
             return context.make_tuple(builder, sig.return_type, [lo, hi])
 
         return types.UniTuple(types.float32, 2)(arr, idx), codegen
+
+    @intrinsic
+    def _wide_vectors(typingctx):
+        """Let LLVM vectorise the calling function with 512-bit registers where the CPU has them.
+
+        On AVX-512 CPUs LLVM prefers 256-bit vectors by default; 512-bit gathers make the inner
+        loops ~15% faster here. Harmless elsewhere (the widest legal vectors are used).
+        """
+
+        def codegen(context, builder, sig, args):
+            # A string attribute: llvmlite's AttributeSet only admits its known names, hence set.add.
+            set.add(builder.function.attributes, '"prefer-vector-width"="512"')
+            return context.get_dummy_value()
+
+        return types.none(), codegen
+
+    @intrinsic
+    def _st(typingctx, arr, idx, val):
+        """``arr.flat[idx] = val`` without wraparound or bounds checks (callers check ``idx``)."""
+
+        def codegen(context, builder, sig, args):
+            a = context.make_array(sig.args[0])(context, builder, args[0])
+            ptr = builder.gep(a.data, [_as_i64(builder, args[1], sig.args[1])], inbounds=True)
+            builder.store(context.cast(builder, args[2], sig.args[2], sig.args[0].dtype), ptr)
+            return context.get_dummy_value()
+
+        return types.none(arr, idx, val), codegen
+
+    @intrinsic
+    def _stack_f32(typingctx):
+        """A ``_RUN_BUF``-float buffer on the caller's stack (no heap, provably alias-free)."""
+
+        def codegen(context, builder, sig, args):
+            return cgutils.alloca_once(builder, _ir.FloatType(), size=_RUN_BUF)
+
+        return types.CPointer(types.float32)(), codegen
+
+    @intrinsic
+    def _stack_i32(typingctx):
+        """A ``_RUN_BUF``-int32 buffer on the caller's stack."""
+
+        def codegen(context, builder, sig, args):
+            return cgutils.alloca_once(builder, _I32, size=_RUN_BUF)
+
+        return types.CPointer(types.int32)(), codegen
+
+    @intrinsic
+    def _pst(typingctx, ptr, idx, val):
+        """``ptr[idx] = val`` (raw pointer store)."""
+
+        def codegen(context, builder, sig, args):
+            v = context.cast(builder, args[2], sig.args[2], sig.args[0].dtype)
+            builder.store(v, builder.gep(args[0], [_as_i64(builder, args[1], sig.args[1])], inbounds=True))
+            return context.get_dummy_value()
+
+        return types.none(ptr, idx, val), codegen
+
+    @intrinsic
+    def _pld(typingctx, ptr, idx):
+        """``ptr[idx]`` (raw pointer load)."""
+
+        def codegen(context, builder, sig, args):
+            return builder.load(builder.gep(args[0], [_as_i64(builder, args[1], sig.args[1])], inbounds=True))
+
+        return ptr.dtype(ptr, idx), codegen
 
     @intrinsic
     def _flat32(typingctx, fx, fy, fz, h, w):
@@ -192,8 +297,9 @@ if _IMPORT_ERROR is None:
             return lambda x: _bf16_bits_to_f32(x)
         return None
 
-else:  # pragma: no cover
-    _ld = _ld_pair = _flat32 = _add32 = None
+else:  # pragma: no cover - the kernels are never compiled without numba
+    _ld = _ld_label = _ld_pair = _st = _pst = _pld = None
+    _flat32 = _add32 = _stack_f32 = _stack_i32 = _wide_vectors = None
 
 
 @njit(fastmath=_FM, cache=True)
@@ -216,8 +322,8 @@ def _axis_interior(p0, d, size, n):
     t1 = (hi - p0) / d
     if t0 > t1:
         t0, t1 = t1, t0
-    a = max(0.0, math.ceil(t0))
-    b = min(float(n), math.floor(t1) + 1.0)
+    a = max(0.0, np.ceil(t0))
+    b = min(float(n), np.floor(t1) + 1.0)
     if not b > a:
         return n, n
     return int(a), int(b)
@@ -250,43 +356,47 @@ def _finite_ray(x0, y0, z0, dx, dy, dz):
 
 @njit(fastmath=_FM, cache=True)
 def _corners_checked(vol, D, H, W, x, y, z):
-    """The 8 corner values around (x, y, z), 0 for corners outside, and the fractional offsets."""
-    fx = math.floor(x)
-    fy = math.floor(y)
-    fz = math.floor(z)
-    c000 = c001 = c010 = c011 = c100 = c101 = c110 = c111 = _F0
-    if fx >= -1.0 and fx < W and fy >= -1.0 and fy < H and fz >= -1.0 and fz < D:
-        ix = int(fx)
-        iy = int(fy)
-        iz = int(fz)
-        vx0 = ix >= 0
-        vx1 = ix < W - 1
-        for dz_ in range(2):
-            kz = iz + dz_
-            if kz < 0 or kz >= D:
-                continue
-            for dy_ in range(2):
-                ky = iy + dy_
-                if ky < 0 or ky >= H:
-                    continue
-                i = (kz * H + ky) * W + ix
-                v0 = _to_f32(_ld(vol, i)) if vx0 else _F0
-                v1 = _to_f32(_ld(vol, i + 1)) if vx1 else _F0
-                if dz_ == 0:
-                    if dy_ == 0:
-                        c000 = v0
-                        c001 = v1
-                    else:
-                        c010 = v0
-                        c011 = v1
-                else:
-                    if dy_ == 0:
-                        c100 = v0
-                        c101 = v1
-                    else:
-                        c110 = v0
-                        c111 = v1
-    return c000, c001, c010, c011, c100, c101, c110, c111, x - fx, y - fy, z - fz
+    """The 8 corner values around (x, y, z), 0 for corners outside, and the fractional offsets.
+
+    Branch-free apart from the far-outside test: indices are clamped into the volume (so every
+    load is safe) and the values of corners outside are replaced by 0.
+    """
+    fx = np.floor(x)
+    fy = np.floor(y)
+    fz = np.floor(z)
+    tx = x - fx
+    ty = y - fy
+    tz = z - fz
+    if not (fx >= -1.0 and fx < W and fy >= -1.0 and fy < H and fz >= -1.0 and fz < D):
+        return _F0, _F0, _F0, _F0, _F0, _F0, _F0, _F0, tx, ty, tz
+    ix = int(fx)
+    iy = int(fy)
+    iz = int(fz)
+    x0 = ix >= 0
+    x1 = ix < W - 1
+    y0 = iy >= 0
+    y1 = iy < H - 1
+    z0 = iz >= 0
+    z1 = iz < D - 1
+    jx0 = max(ix, 0)
+    jx1 = min(ix + 1, W - 1)
+    jy0 = max(iy, 0)
+    jy1 = min(iy + 1, H - 1)
+    jz0 = max(iz, 0)
+    jz1 = min(iz + 1, D - 1)
+    r00 = (jz0 * H + jy0) * W
+    r01 = (jz0 * H + jy1) * W
+    r10 = (jz1 * H + jy0) * W
+    r11 = (jz1 * H + jy1) * W
+    c000 = _to_f32(_ld(vol, r00 + jx0)) if z0 and y0 and x0 else _F0
+    c001 = _to_f32(_ld(vol, r00 + jx1)) if z0 and y0 and x1 else _F0
+    c010 = _to_f32(_ld(vol, r01 + jx0)) if z0 and y1 and x0 else _F0
+    c011 = _to_f32(_ld(vol, r01 + jx1)) if z0 and y1 and x1 else _F0
+    c100 = _to_f32(_ld(vol, r10 + jx0)) if z1 and y0 and x0 else _F0
+    c101 = _to_f32(_ld(vol, r10 + jx1)) if z1 and y0 and x1 else _F0
+    c110 = _to_f32(_ld(vol, r11 + jx0)) if z1 and y1 and x0 else _F0
+    c111 = _to_f32(_ld(vol, r11 + jx1)) if z1 and y1 and x1 else _F0
+    return c000, c001, c010, c011, c100, c101, c110, c111, tx, ty, tz
 
 
 @njit(fastmath=_FM, cache=True)
@@ -320,6 +430,7 @@ def _grad_checked(vol, D, H, W, x, y, z):
 @njit(fastmath=_FMV, cache=True)
 def _sum_inner(vol, H, W, x0, y0, z0, dx, dy, dz, s0, s1):
     """Σ μ(p_s) over interior samples ``[s0, s1)``: branch-free, vectorised across samples."""
+    _wide_vectors()
     HW = H * W
     acc = _F0
     for s in range(s0, s1):
@@ -351,6 +462,7 @@ def _sum_inner(vol, H, W, x0, y0, z0, dx, dy, dz, s0, s1):
 @njit(fastmath=_FMV, cache=True)
 def _grad_inner(vol, H, W, x0, y0, z0, dx, dy, dz, s0, s1):
     """Σ μ, Σ ∇μ and Σ s·∇μ over interior samples ``[s0, s1)`` (vectorised)."""
+    _wide_vectors()
     HW = H * W
     sm = gx = gy = gz = sx = sy = sz = _F0
     for s in range(s0, s1):
@@ -446,19 +558,64 @@ def _label_at(lab, D, H, W, x, y, z):
     return np.int64(0)
 
 
+@njit(fastmath=_FMV, cache=True)
+def _first_change(lab, H, W, x0, y0, z0, dx, dy, dz, s0, s1, cur):
+    """First interior sample in ``[s0, s1)`` whose label differs from ``cur`` (``s1`` if none).
+
+    A min-reduction without early exit, so it vectorises; callers use short chunks.
+    """
+    _wide_vectors()
+    first = s1
+    for s in range(s0, s1):
+        sf = np.float32(s)
+        i = _flat32(np.rint(x0 + sf * dx), np.rint(y0 + sf * dy), np.rint(z0 + sf * dz), H, W)
+        first = min(first, s if _ld_label(lab, i) != cur else s1)
+    return first
+
+
+_CHUNK = 32  # samples per vectorised label-change search in the backward (16-64 within 10%)
+
+
+@njit(fastmath=_FM, cache=True)
+def _run_end(lab, D, H, W, x0, y0, z0, dx, dy, dz, s, n, a, b, cur):
+    """``(e, label_e)``: the first sample ``e >= s`` whose label is not ``cur`` (``(n, -1)`` if none).
+
+    ``[a, b)`` is the ray's interior, where labels are read without bounds checks in vectorised
+    chunks; elsewhere one sample at a time.
+    """
+    while s < n:
+        if s >= a and s < b:
+            e = min(b, s + _CHUNK)
+            c = _first_change(lab, H, W, x0, y0, z0, dx, dy, dz, s, e, cur)
+            if c == e:
+                s = e
+                continue
+            s = c
+        sf = np.float32(s)
+        lbl = _label_at(lab, D, H, W, x0 + sf * dx, y0 + sf * dy, z0 + sf * dz)
+        if lbl != cur:
+            return s, lbl
+        s += 1
+    return n, np.int64(-1)
+
+
 # ---------------------------------------------------------------------------------------------
 # Kernels (parallel over rays)
 # ---------------------------------------------------------------------------------------------
 
 
 @njit(parallel=True, fastmath=_FM, cache=True)
-def _fwd_plain(vol, D, H, W, start, delta, step, n, out, n_groups, block):
-    """``out[r] = step[r] · Σ_s μ(start[r] + s·delta[r])``."""
+def _fwd_plain(vol, D, H, W, start, delta, step, n, out, n_groups, chunk):
+    """``out[r] = step[r] · Σ_s μ(start[r] + s·delta[r])``.
+
+    Rays come in contiguous chunks (neighbouring rays reuse cached voxels), dealt round-robin to
+    ``n_groups`` parallel groups (balances the image's uneven work).
+    """
     R = step.shape[0]
-    n_blocks = (R + block - 1) // block
+    n_chunks = (R + chunk - 1) // chunk
     for g in prange(n_groups):
-        for blk in range(g, n_blocks, n_groups):
-            for r in range(blk * block, min(R, blk * block + block)):
+        for ck in range(g, n_chunks, n_groups):
+            for r in range(ck * chunk, min(R, ck * chunk + chunk)):
                 st = step[r]
                 if st == 0:
                     out[r] = _F0
@@ -472,14 +629,61 @@ def _fwd_plain(vol, D, H, W, start, delta, step, n, out, n_groups, block):
                 out[r] = st * _sum_range(vol, D, H, W, x0, y0, z0, dx, dy, dz, 0, n, a, b)
 
 
+@njit(fastmath=_FMV, cache=True)
+def _labels_chunk(vol, lab, H, W, C, N, x0, y0, z0, dx, dy, dz, s0, s1, cur, acc, out, base, st):
+    """Interior samples ``[s0, s1)`` (at most ``_RUN_BUF``): μ and labels vectorised into stack
+    buffers, then a scalar scan that flushes each finished run. Returns the open run."""
+    _wide_vectors()
+    mu = _stack_f32()
+    lb = _stack_i32()
+    HW = H * W
+    for s in range(s0, s1):
+        sf = np.float32(s)
+        x = x0 + sf * dx
+        y = y0 + sf * dy
+        z = z0 + sf * dz
+        fx = np.floor(x)
+        fy = np.floor(y)
+        fz = np.floor(z)
+        tx = x - fx
+        ty = y - fy
+        tz = z - fz
+        i = _flat32(fx, fy, fz, H, W)
+        c000, c001 = _ld_pair(vol, i)
+        c010, c011 = _ld_pair(vol, _add32(i, W))
+        c100, c101 = _ld_pair(vol, _add32(i, HW))
+        c110, c111 = _ld_pair(vol, _add32(i, HW + W))
+        c00 = c000 + tx * (c001 - c000)
+        c01 = c010 + tx * (c011 - c010)
+        c10 = c100 + tx * (c101 - c100)
+        c11 = c110 + tx * (c111 - c110)
+        c0 = c00 + ty * (c01 - c00)
+        c1 = c10 + ty * (c11 - c10)
+        _pst(mu, s - s0, c0 + tz * (c1 - c0))
+        _pst(lb, s - s0, _ld_label(lab, _flat32(np.rint(x), np.rint(y), np.rint(z), H, W)))
+    for j in range(s1 - s0):
+        lj = np.int64(_pld(lb, j))
+        if lj != cur:
+            if cur >= 0 and cur < C:
+                out[base + cur * N] += st * acc
+            cur = lj
+            acc = _F0
+        acc += _pld(mu, j)
+    return cur, acc
+
+
 @njit(parallel=True, fastmath=_FM, cache=True)
-def _fwd_labels(vol, lab, D, H, W, C, N, start, delta, step, n, out, n_groups, block):
-    """``out[(b·C + c)·N + i] = step · Σ_s μ(p_s)·[label(p_s) == c]`` (``out`` zeroed, flat)."""
+def _fwd_labels(vol, lab, D, H, W, C, N, start, delta, step, n, out, n_groups, chunk):
+    """``out[(b·C + c)·N + i] = step · Σ_s μ(p_s)·[label(p_s) == c]`` (``out`` zeroed, flat).
+
+    Interior samples go ``_RUN_BUF`` at a time through ``_labels_chunk``; the few samples at the
+    ray's ends are checked one by one. Each run of equal labels is flushed once.
+    """
     R = step.shape[0]
-    n_blocks = (R + block - 1) // block
+    n_chunks = (R + chunk - 1) // chunk
     for g in prange(n_groups):
-        for blk in range(g, n_blocks, n_groups):
-            for r in range(blk * block, min(R, blk * block + block)):
+        for ck in range(g, n_chunks, n_groups):
+            for r in range(ck * chunk, min(R, ck * chunk + chunk)):
                 st = step[r]
                 if st == 0:
                     continue
@@ -491,21 +695,31 @@ def _fwd_labels(vol, lab, D, H, W, C, N, start, delta, step, n, out, n_groups, b
                         out[base + c * N] = _NAN
                     continue
                 a, b = _ray_interior(x0, y0, z0, dx, dy, dz, D, H, W, n)
-                cur = _label_at(lab, D, H, W, x0, y0, z0)
-                run0 = 0
-                for s in range(1, n + 1):
-                    if s < n:
-                        sf = np.float32(s)
-                        lbl = _label_at(lab, D, H, W, x0 + sf * dx, y0 + sf * dy, z0 + sf * dz)
-                        if lbl == cur:
-                            continue
-                    else:
-                        lbl = -1
-                    if cur >= 0 and cur < C:
-                        acc = _sum_range(vol, D, H, W, x0, y0, z0, dx, dy, dz, run0, s, a, b)
-                        out[base + cur * N] += st * acc
-                    cur = lbl
-                    run0 = s
+                cur = np.int64(-1)
+                acc = _F0
+                s = 0
+                while s < n:
+                    if s >= a and s < b:
+                        e = min(b, s + _RUN_BUF)
+                        cur, acc = _labels_chunk(
+                            vol, lab, H, W, C, N, x0, y0, z0, dx, dy, dz, s, e, cur, acc, out, base, st
+                        )
+                        s = e
+                        continue
+                    sf = np.float32(s)
+                    x = x0 + sf * dx
+                    y = y0 + sf * dy
+                    z = z0 + sf * dz
+                    lj = _label_at(lab, D, H, W, x, y, z)
+                    if lj != cur:
+                        if cur >= 0 and cur < C:
+                            out[base + cur * N] += st * acc
+                        cur = lj
+                        acc = _F0
+                    acc += _sample_checked(vol, D, H, W, x, y, z)
+                    s += 1
+                if cur >= 0 and cur < C:
+                    out[base + cur * N] += st * acc
 
 
 @njit(parallel=True, fastmath=_FM, cache=True)
@@ -528,47 +742,42 @@ def _bwd_rays(
     pos,
     need_step,
     n_groups,
-    block,
+    chunk,
 ):
     """Per-ray gradients: dstep = Σ g·μ, dstart = step·Σ g·∇μ, ddelta = step·Σ s·g·∇μ.
 
+    ``g`` is the output gradient of the channel each sample goes to (constant along a run).
     ``lab`` has size 0 for plain renders (``C == 1``); ``pos`` says whether dstart/ddelta are needed
-    (else only the cheaper Σ g·μ is computed), ``need_step`` whether dstep is (it is the only one
-    that rays with step == 0 can have). ``gout`` is the flat ``[B, C, N]`` output gradient.
+    (else only the cheaper Σ g·μ is computed), ``need_step`` whether dstep is (the only gradient a
+    ray with step == 0 can have). ``gout`` is the flat ``[B, C, N]`` output gradient.
     """
     R = step.shape[0]
     has_lab = lab.size > 0
-    n_blocks = (R + block - 1) // block
+    n_chunks = (R + chunk - 1) // chunk
     for g in prange(n_groups):
-        for blk in range(g, n_blocks, n_groups):
-            for r in range(blk * block, min(R, blk * block + block)):
+        for ck in range(g, n_chunks, n_groups):
+            for r in range(ck * chunk, min(R, ck * chunk + chunk)):
                 st = step[r]
                 sm = gx = gy = gz = sx = sy = sz = np.float64(0.0)
                 x0, y0, z0 = start[r, 0], start[r, 1], start[r, 2]
                 dx, dy, dz = delta[r, 0], delta[r, 1], delta[r, 2]
-                # With step == 0 only dstep = Σ g·μ can be nonzero (render's missed rays give 0).
                 if (st != 0 or need_step) and _finite_ray(x0, y0, z0, dx, dy, dz):
                     pos_r = pos and st != 0
                     a, b = _ray_interior(x0, y0, z0, dx, dy, dz, D, H, W, n)
                     base = (r // N) * C * N + r % N
                     cur = _label_at(lab, D, H, W, x0, y0, z0) if has_lab else np.int64(0)
-                    run0 = 0
-                    for s in range(1, n + 1):
-                        if s < n:
-                            if not has_lab:
-                                continue
-                            sf = np.float32(s)
-                            lbl = _label_at(lab, D, H, W, x0 + sf * dx, y0 + sf * dy, z0 + sf * dz)
-                            if lbl == cur:
-                                continue
+                    s0 = 0
+                    while s0 < n:
+                        if has_lab:
+                            e, nxt = _run_end(lab, D, H, W, x0, y0, z0, dx, dy, dz, s0 + 1, n, a, b, cur)
                         else:
-                            lbl = -1
+                            e, nxt = n, np.int64(-1)
                         if cur >= 0 and cur < C:
                             w = np.float64(gout[base + cur * N])
                             if w != 0.0:
                                 if pos_r:
                                     m, vx, vy, vz, ux, uy, uz = _grad_range(
-                                        vol, D, H, W, x0, y0, z0, dx, dy, dz, run0, s, a, b
+                                        vol, D, H, W, x0, y0, z0, dx, dy, dz, s0, e, a, b
                                     )
                                     sm += w * m
                                     gx += w * vx
@@ -578,10 +787,11 @@ def _bwd_rays(
                                     sy += w * uy
                                     sz += w * uz
                                 else:
-                                    sm += w * _sum_range(vol, D, H, W, x0, y0, z0, dx, dy, dz, run0, s, a, b)
-                        cur = lbl
-                        run0 = s
-                dstep[r] = sm
+                                    sm += w * _sum_range(vol, D, H, W, x0, y0, z0, dx, dy, dz, s0, e, a, b)
+                        cur = nxt
+                        s0 = e
+                if need_step:
+                    dstep[r] = sm
                 if pos:
                     dstart[r, 0] = st * gx
                     dstart[r, 1] = st * gy
@@ -605,8 +815,8 @@ def _slab_range(p0, d, lo, hi, n):
     t1 = (hi_ - p0) / d
     if t0 > t1:
         t0, t1 = t1, t0
-    a = max(0.0, math.ceil(t0))
-    b = min(float(n), math.floor(t1) + 1.0)
+    a = max(0.0, np.ceil(t0))
+    b = min(float(n), np.floor(t1) + 1.0)
     if not b > a:
         return 0, 0
     return int(a), int(b)
@@ -658,9 +868,9 @@ def _bwd_vol(lab, C, N, D, H, W, gout, start, delta, step, n, axis, slab, n_work
                         gw = g_plain
                     if gw == 0:
                         continue
-                    fx = math.floor(x)
-                    fy = math.floor(y)
-                    fz = math.floor(z)
+                    fx = np.floor(x)
+                    fy = np.floor(y)
+                    fz = np.floor(z)
                     if not (fx >= -1.0 and fx < W and fy >= -1.0 and fy < H and fz >= -1.0 and fz < D):
                         continue
                     w = st * gw
@@ -670,6 +880,38 @@ def _bwd_vol(lab, C, N, D, H, W, gout, start, delta, step, n, axis, slab, n_work
                     ix = int(fx)
                     iy = int(fy)
                     iz = int(fz)
+                    ia = iz if axis == 0 else (iy if axis == 1 else ix)
+                    if (
+                        ix >= 0 and ix < W - 1 and iy >= 0 and iy < H - 1 and iz >= 0 and iz < D - 1
+                        and ia >= lo and ia + 1 < hi
+                    ):  # fmt: skip
+                        # all 8 corners inside the volume and this slab: no per-corner checks
+                        i = (iz * H + iy) * W + ix
+                        w0 = w - w * tz
+                        w1 = w * tz
+                        w00 = w0 - w0 * ty
+                        w01 = w0 * ty
+                        w10 = w1 - w1 * ty
+                        w11 = w1 * ty
+                        # all loads before all stores: the planes are often 4 KiB apart in memory,
+                        # and a load after a store to an address 4 KiB away stalls ("4K aliasing")
+                        v0 = _ld(dvol, i)
+                        v1 = _ld(dvol, i + 1)
+                        v2 = _ld(dvol, i + W)
+                        v3 = _ld(dvol, i + W + 1)
+                        v4 = _ld(dvol, i + HW)
+                        v5 = _ld(dvol, i + HW + 1)
+                        v6 = _ld(dvol, i + HW + W)
+                        v7 = _ld(dvol, i + HW + W + 1)
+                        _st(dvol, i, v0 + (w00 - w00 * tx))
+                        _st(dvol, i + 1, v1 + w00 * tx)
+                        _st(dvol, i + W, v2 + (w01 - w01 * tx))
+                        _st(dvol, i + W + 1, v3 + w01 * tx)
+                        _st(dvol, i + HW, v4 + (w10 - w10 * tx))
+                        _st(dvol, i + HW + 1, v5 + w10 * tx)
+                        _st(dvol, i + HW + W, v6 + (w11 - w11 * tx))
+                        _st(dvol, i + HW + W + 1, v7 + w11 * tx)
+                        continue
                     for cz in range(2):
                         kz = iz + cz
                         if kz < 0 or kz >= D or (axis == 0 and (kz < lo or kz >= hi)):
@@ -691,7 +933,6 @@ def _bwd_vol(lab, C, N, D, H, W, gout, start, delta, step, n, axis, slab, n_work
 # torch glue
 # ---------------------------------------------------------------------------------------------
 
-_BLOCK = 16  # rays per block; blocks are dealt round-robin to 8 groups per thread
 _LABEL_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 _EMPTY_LAB = np.zeros(0, np.uint8)
 
@@ -722,19 +963,25 @@ def _geometry_np(start, delta, step):
     )
 
 
+def _schedule(n_rays: int) -> tuple[int, int]:
+    """``(n_groups, chunk)``: one group per thread, ~8 contiguous chunks of rays per group."""
+    threads = _threads()
+    return threads, max(64, -(-n_rays // (8 * threads)))
+
+
 def _forward_impl(vol, lab, n_classes, start, delta, step, n_samples):
     D, H, W = vol.shape
     B, N = step.shape
     st, de, sp = _geometry_np(start, delta, step)
-    n_groups = 8 * _threads()
+    groups, chunk = _schedule(B * N)
     if lab is None:
         out = torch.empty(B, 1, N, dtype=torch.float32)
-        _fwd_plain(_vol_np(vol), D, H, W, st, de, sp, n_samples, out.view(-1).numpy(), n_groups, _BLOCK)
+        _fwd_plain(_vol_np(vol), D, H, W, st, de, sp, n_samples, out.view(-1).numpy(), groups, chunk)
     else:
         out = torch.zeros(B, n_classes, N, dtype=torch.float32)
         flat = out.view(-1).numpy()
         _fwd_labels(
-            _vol_np(vol), _lab_np(lab), D, H, W, n_classes, N, st, de, sp, n_samples, flat, n_groups, _BLOCK
+            _vol_np(vol), _lab_np(lab), D, H, W, n_classes, N, st, de, sp, n_samples, flat, groups, chunk
         )
     return out
 
@@ -745,16 +992,16 @@ def _backward_impl(grad, vol, lab, n_classes, start, delta, step, n_samples, nee
     st, de, sp = _geometry_np(start, delta, step)
     g = grad.detach().to(torch.float32).contiguous().view(-1).numpy()
     C = n_classes if lab is not None else 1
-    empty = torch.empty(0, dtype=torch.float32)
-    dvol, dstart, ddelta, dstep = empty, empty, empty, empty
+    # unused gradients are distinct empty tensors (outputs of a custom op must not alias)
+    dvol, dstart, ddelta, dstep = (torch.empty(0, dtype=torch.float32) for _ in range(4))
     if need_pos or need_step:
-        dstep64 = np.empty(B * N, np.float64)
+        dstep64 = np.empty(B * N if need_step else 0, np.float64)
         pos = bool(need_pos)
         dstart64 = np.empty((B * N, 3) if pos else (0, 3), np.float64)
         ddelta64 = np.empty((B * N, 3) if pos else (0, 3), np.float64)
         _bwd_rays(
             _vol_np(vol), _lab_np(lab), C, N, D, H, W, g, st, de, sp, n_samples,
-            dstart64, ddelta64, dstep64, pos, bool(need_step), 8 * _threads(), _BLOCK,
+            dstart64, ddelta64, dstep64, pos, bool(need_step), *_schedule(B * N),
         )  # fmt: skip
         if need_step:
             dstep = torch.from_numpy(dstep64).to(torch.float32).view(B, N)
@@ -763,14 +1010,15 @@ def _backward_impl(grad, vol, lab, n_classes, start, delta, step, n_samples, nee
             ddelta = torch.from_numpy(ddelta64).to(torch.float32).view(B, N, 3)
     if need_vol:
         sizes = (D, H, W)
-        axis = int(np.argmax(sizes))  # most slabs -> best balance; ties go to the slowest axis
         workers = _threads()
+        # Slabs of contiguous memory (along k) when there are enough of them, else the longest axis.
+        axis = 0 if D >= 16 * workers else int(np.argmax(sizes))
         slab = max(2, -(-sizes[axis] // (8 * workers)))
-        dv = torch.zeros(D * H * W, dtype=torch.float32)
-        _bwd_vol(
-            _lab_np(lab), C, N, D, H, W, g, st, de, sp, n_samples, axis, slab, workers, dv.numpy(),
-        )  # fmt: skip
-        dvol = dv.view(D, H, W).to(vol.dtype)
+        # np.zeros is calloc: pages are zeroed lazily (huge pages where the OS allows), in parallel
+        # with the scatter, instead of a serial memset of the whole volume.
+        dv = np.zeros(D * H * W, np.float32)
+        _bwd_vol(_lab_np(lab), C, N, D, H, W, g, st, de, sp, n_samples, axis, slab, workers, dv)
+        dvol = torch.from_numpy(dv).view(D, H, W).to(vol.dtype)
     return dvol, dstart, ddelta, dstep
 
 
@@ -800,12 +1048,11 @@ def _(vol, lab, n_classes, start, delta, step, n_samples):
 
 @_raymarch_backward_op.register_fake
 def _(grad, vol, lab, n_classes, start, delta, step, n_samples, need_vol, need_pos, need_step):
-    empty = start.new_empty(0)
     return (
-        vol.new_empty(vol.shape) if need_vol else empty,
-        start.new_empty(start.shape) if need_pos else empty,
-        delta.new_empty(delta.shape) if need_pos else empty,
-        step.new_empty(step.shape) if need_step else empty,
+        vol.new_empty(vol.shape) if need_vol else start.new_empty(0),
+        start.new_empty(start.shape) if need_pos else start.new_empty(0),
+        delta.new_empty(delta.shape) if need_pos else start.new_empty(0),
+        step.new_empty(step.shape) if need_step else start.new_empty(0),
     )
 
 
@@ -889,7 +1136,7 @@ def raymarch(
             )
         if lab.is_floating_point() or lab.is_complex():
             raise ValueError(f"lab: expected an integer tensor, got {lab.dtype}")
-        if lab.dtype not in _LABEL_DTYPES:  # bool, uint16/32/64: widen once
+        if lab.dtype not in _LABEL_DTYPES or lab.numel() < 4:  # bool, uint16/32/64, tiny: widen once
             lab = lab.to(torch.int64)
         lab = lab.contiguous()
     else:
