@@ -7,7 +7,6 @@ is installed on first use, so the module loads (and can offer to install it) on 
 """
 
 import contextlib
-import inspect
 import logging
 import math
 from typing import Annotated
@@ -40,8 +39,6 @@ TORCH_MINIMUM_VERSION = "2.5"
 TORCH_REQUIREMENT = f"torch>={TORCH_MINIMUM_VERSION}"
 PIP_REQUIREMENTS = ("numba>=0.60",)
 
-#: Segments rendered per NanoDRRLib call when rendering per-segment DRRs (progress and Cancel in between).
-SEGMENT_CHUNK = 4
 
 #: Live mode: full-resolution render after the C-arm has been still this long (ms).
 LIVE_FINALIZE_DELAY_MS = 400
@@ -674,17 +671,6 @@ class NanoDRRLogic(ScriptedLoadableModuleLogic, NanoDRRLib.NanoDRRLogic):
             p.sdd = float(preset["sdd"])
             p.detectorPreset = name
 
-    @staticmethod
-    def _supportedKwargs(function, **optional) -> dict:
-        """The optional keyword arguments that `function` accepts (newer NanoDRRLib versions take more)."""
-        try:
-            parameters = inspect.signature(function).parameters
-        except (TypeError, ValueError):
-            return {}
-        if any(param.kind is inspect.Parameter.VAR_KEYWORD for param in parameters.values()):
-            return optional
-        return {key: value for key, value in optional.items() if key in parameters}
-
     #
     # Actions driven by the parameter node
     #
@@ -752,35 +738,34 @@ class NanoDRRLogic(ScriptedLoadableModuleLogic, NanoDRRLib.NanoDRRLogic):
     def renderFromParameters(self, p, progressCallback=None):
         """Render the DRR, and per-segment DRRs if asked, into the scene; returns (drr, segmentDRRs).
 
-        Per-segment DRRs are rendered SEGMENT_CHUNK segments per call; progressCallback(fraction, message)
-        runs between calls (and inside them if NanoDRRLib accepts one) and may raise RenderCancelled.
+        progressCallback(fraction, message) runs between stages and may raise RenderCancelled; the
+        logic writes no node before its last stage, so a cancelled render leaves the scene unchanged.
         Segment DRRs of a previous render are overwritten in place.
         """
-
-        def report(fraction, message=""):
-            if progressCallback is not None:
-                progressCallback(fraction, message)
-
         if not p.inputVolume:
             raise NanoDRRLib.NanoDRRError("Select a CT volume to render.")
         if not p.carmTransform:
             raise NanoDRRLib.NanoDRRError("Create or select a C-arm transform to render from.")
         geometry = self.geometryFromParameters(p)
         segmentIds = self.segmentIdsToRender(p) if (p.renderSegments and p.segmentation) else []
-        total = 1 + len(segmentIds)
+        share = 1.0 / (1 + bool(segmentIds))
         options = {"nSamples": p.quality, "device": self.deviceFromParameters(p)}
         options.update(muBone=self.muBoneFromParameters(p), displayMode=p.displayMode)
 
-        report(0.0, _("Rendering DRR…"))
-        progress = {"progressCallback": lambda fraction, message="": report(fraction / total, message)}
+        def report(offset, message):
+            def callback(fraction, detail=""):
+                if progressCallback is not None:
+                    progressCallback(offset + share * fraction, detail or message)
+
+            return callback
+
         drr = self.render(
             p.inputVolume,
             p.carmTransform,
             geometry,
-            segmentationNode=None,
             outputNode=p.outputVolume,
+            progressCallback=report(0.0, _("Rendering DRR…")),
             **options,
-            **self._supportedKwargs(self.render, **progress),
         )
         if p.outputVolume is not drr:
             p.outputVolume = drr
@@ -789,57 +774,29 @@ class NanoDRRLogic(ScriptedLoadableModuleLogic, NanoDRRLib.NanoDRRLogic):
         if segmentIds:
             explicit = any(sid in segmentIds for sid in p.segmentIds)
             previous = self.segmentDRRs(drr)
-            for start in range(0, len(segmentIds), SEGMENT_CHUNK):
-                chunk = segmentIds[start : start + SEGMENT_CHUNK]
-                report((1 + start) / total, _("Rendering segments {first}–{last} of {count}…").format(
-                    first=start + 1, last=start + len(chunk), count=len(segmentIds)))  # fmt: skip
-                try:
-                    parts.update(self._renderSegmentChunk(p, geometry, chunk, drr, previous, options))
-                except NanoDRRLib.NanoDRRError:
-                    if explicit:
-                        raise
-                    for segmentId in chunk:  # an unselected segment may be empty inside the CT: skip it
-                        try:
-                            parts.update(
-                                self._renderSegmentChunk(p, geometry, [segmentId], drr, previous, options)
-                            )
-                        except NanoDRRLib.NanoDRRError as e:
-                            logging.warning(f"NanoDRR: segment {segmentId!r} skipped: {e}")
+            # One call renders every segment: non-overlapping segments share one labelmap pass.
+            # Unselected (visible-by-default) segments that are empty are skipped by the logic.
+            parts = self.renderSegments(
+                p.inputVolume,
+                p.carmTransform,
+                geometry,
+                p.segmentation,
+                segmentIds=segmentIds if explicit else None,
+                outputNodes={sid: previous[sid] for sid in segmentIds if sid in previous},
+                progressCallback=report(
+                    share, _("Rendering {count} segments…").format(count=len(segmentIds))
+                ),
+                **options,
+            )
+            for segmentId, node in parts.items():
+                node.SetAttribute("NanoDRR.SegmentDRROf", drr.GetID())
+                node.SetAttribute("NanoDRR.SegmentID", segmentId)
             for segmentId, node in previous.items():  # segments no longer rendered
                 if segmentId not in parts:
                     node.GetScene().RemoveNode(node)
-        report(1.0, _("Done."))
+        if progressCallback is not None:
+            progressCallback(1.0, _("Done."))
         return drr, list(parts.values())
-
-    def _renderSegmentChunk(self, p, geometry, segmentIds, drr, previous, options) -> dict:
-        """renderSegments for a few segments, reusing their previous output nodes; tags the outputs."""
-        result = self.renderSegments(
-            p.inputVolume,
-            p.carmTransform,
-            geometry,
-            p.segmentation,
-            segmentIds=list(segmentIds),
-            **options,
-            **self._supportedKwargs(
-                self.renderSegments, outputNodes={sid: previous[sid] for sid in segmentIds if sid in previous}
-            ),
-        )
-        nodes = dict(result)  # {segmentId: volume node}
-        for segmentId, node in nodes.items():
-            node.SetAttribute("NanoDRR.SegmentDRROf", drr.GetID())
-            node.SetAttribute("NanoDRR.SegmentID", segmentId)
-        return nodes
-
-    @staticmethod
-    def asNodeList(result) -> list:
-        """renderSegments' result (a node, a sequence or a dict of nodes) as a list of nodes."""
-        if result is None:
-            return []
-        if isinstance(result, dict):
-            return list(result.values())
-        if isinstance(result, (list, tuple)):
-            return list(result)
-        return [result]
 
     @staticmethod
     def segmentDRRs(drrNode) -> dict:
@@ -856,11 +813,7 @@ class NanoDRRLogic(ScriptedLoadableModuleLogic, NanoDRRLib.NanoDRRLogic):
             raise NanoDRRLib.NanoDRRError("Live rendering needs a CT volume and a C-arm transform.")
         if not p.outputVolume:
             p.outputVolume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "DRR")
-        optional = self._supportedKwargs(
-            NanoDRRLib.LiveRenderController,
-            muBone=self.muBoneFromParameters(p),
-            displayMode=p.displayMode,
-        )
+        optional = {"muBone": self.muBoneFromParameters(p), "displayMode": p.displayMode}
         return NanoDRRLib.LiveRenderController(
             self,
             p.inputVolume,
@@ -1206,10 +1159,10 @@ class NanoDRRTest(ScriptedLoadableModuleTest):
         geometry = self._geometry()
         carm = logic.createCArmTransform(volumeNode, sod=self.SOD)
         logic.setCArmAngles(carm, volumeNode, primary=0.0, secondary=0.0, sod=self.SOD)
-        parts = NanoDRRLogic.asNodeList(
+        parts = list(
             logic.renderSegments(
                 volumeNode, carm, geometry, segmentation, segmentIds=[spineId], nSamples=512, device="cpu"
-            )
+            ).values()
         )
         self.assertEqual(len(parts), 1)
         spine = slicer.util.arrayFromVolume(parts[0]).astype(np.float64)

@@ -175,7 +175,7 @@ HARNESS = textwrap.dedent(
             self.assertEqual(len(parts2), 1)
             self.assertEqual(len(NanoDRR.NanoDRRLogic.segmentDRRs(drr)), 1)
 
-        def test_unselected_segments_default_to_the_visible_ones_in_chunks(self):
+        def test_unselected_segments_default_to_the_visible_ones(self):
             self.logic.createCArmFromParameters(self.p)
             segmentation = self._segmentation()
             segmentation.CreateDefaultDisplayNodes()
@@ -188,8 +188,7 @@ HARNESS = textwrap.dedent(
             messages = []
             drr, parts = self.logic.renderFromParameters(self.p, lambda f, message="": messages.append(message))
             self.assertEqual(sorted(NanoDRR.NanoDRRLogic.segmentDRRs(drr)), sorted(allIds[1:]))
-            chunks = math.ceil(len(allIds[1:]) / NanoDRR.SEGMENT_CHUNK)
-            self.assertEqual(sum("segments" in m for m in messages), chunks)
+            self.assertTrue(any("segments" in m for m in messages))  # progress reported for the segment pass
 
         def test_cancel_unwinds_between_segments(self):
             self.logic.createCArmFromParameters(self.p)
