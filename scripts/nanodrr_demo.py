@@ -119,13 +119,13 @@ def savePreviews(
     if segmentImages:
         largest = sorted(segmentImages, key=lambda item: -float(item[1].sum()))[:maxSegments]
         frontal = views[names[0]]
-        top = largest[:7]
+        # outline the largest structures, leaving out envelopes (e.g. the body) that cover most of the image
+        top = [(n, img) for n, img in largest if (img > 0.05 * img.max()).mean() < 0.5][:7]
         fig, ax = plt.subplots(figsize=(6, 6))
-        plot_drr(torch.from_numpy(frontal)[None, None], axs=[ax], ticks=False)
-        colors = matplotlib.colormaps["Set2"].resampled(7)
-        for n, (_, img) in enumerate(top):
-            if img.max() > 0:
-                ax.contour(img > 0.05 * img.max(), levels=[0.5], colors=[colors(n)], linewidths=1.2)
+        # channel 0 = background; channel n = where segment n's own DRR is non-negligible
+        masks = [np.zeros_like(frontal, dtype=bool)] + [img > 0.05 * img.max() for _, img in top]
+        mask = torch.from_numpy(np.stack(masks))[None]
+        plot_drr(torch.from_numpy(frontal)[None, None], mask=mask, axs=[ax], ticks=False, edge_width=1)
         ax.set_title(f"{names[0]} with outlines: " + ", ".join(name for name, _ in top), fontsize=8)
         fig.tight_layout()
         paths.append(out / "drr_segment_outlines.png")

@@ -143,13 +143,16 @@ def make_rays(seed: int, n_samples: int, batch: int = 2, n_random: int = 120, ex
             d[axis] = length / n_samples
             special_s.append(_q(p))
             special_d.append(_q(d))
-    special_s.append(_q(size / 2.3))  # a "ray" that stays on one point inside
+    special_s.append(_q(size / 2.3))  # "rays" that stay on one point inside, the last with step == 0
+    special_d.append(torch.zeros(3, dtype=torch.float64))
+    special_s.append(_q(size / 1.7))
     special_d.append(torch.zeros(3, dtype=torch.float64))
     n_special = len(special_s)
     start = torch.cat([start, torch.stack(special_s)[None].expand(batch, -1, -1)], 1)
     delta = torch.cat([delta, torch.stack(special_d)[None].expand(batch, -1, -1)], 1)
     step = torch.rand(batch, n_random + n_special, generator=g, dtype=torch.float64) + 0.5
     step[:, :4] = 0.0  # skipped rays (some of them inside the volume)
+    step[:, -1] = 0.0  # (its dstep = n·g·μ(start) is still nonzero)
     return start.float(), delta.float(), step.float()
 
 
@@ -183,7 +186,7 @@ def test_plain_matches_numpy_reference(n_samples):
     out = numba_cpu.raymarch(vol, None, 1, start, delta, step, n_samples)
     assert out.shape == (2, 1, step.shape[1]) and out.dtype == torch.float32
     _assert_close(out, numpy_raymarch(vol, None, 1, start, delta, step, n_samples))
-    assert torch.all(out[:, 0, :4] == 0), "rays with step == 0 must be skipped"
+    assert torch.all(out[:, 0, :4] == 0) and torch.all(out[:, 0, -1] == 0), "rays with step == 0 are skipped"
     assert torch.all(out[:, 0, 4:].abs().sum() > 0)
 
 
@@ -325,16 +328,17 @@ def test_gradients_match_float64_autograd_reference(n_classes, with_labels):
         _assert_close(g, r)
 
 
-def test_gradient_subsets_agree_with_full_backward():
+@pytest.mark.parametrize("n_classes", [1, 4])
+def test_gradient_subsets_agree_with_full_backward(n_classes):
     """Only the requested gradients are computed; each equals the one from a full backward."""
     n_samples = 24
     vol = make_volume(24)
-    lab = make_labels(25, 0, 4, torch.uint8)
+    lab = make_labels(25, 0, 4, torch.uint8) if n_classes > 1 else None
     start, delta, step = make_rays(26, n_samples)
-    go = torch.randn(2, 4, step.shape[1], generator=torch.Generator().manual_seed(27))
-    full = _grads(numba_cpu.raymarch, vol, lab, 4, start, delta, step, n_samples, go)
+    go = torch.randn(2, n_classes, step.shape[1], generator=torch.Generator().manual_seed(27))
+    full = _grads(numba_cpu.raymarch, vol, lab, n_classes, start, delta, step, n_samples, go)
     for wrt in [(0,), (1,), (2,), (3,), (1, 3), (0, 2)]:
-        part = _grads(numba_cpu.raymarch, vol, lab, 4, start, delta, step, n_samples, go, wrt)
+        part = _grads(numba_cpu.raymarch, vol, lab, n_classes, start, delta, step, n_samples, go, wrt)
         for k, g in zip(wrt, part, strict=True):
             torch.testing.assert_close(g, full[k], rtol=1e-6, atol=1e-6)
 
