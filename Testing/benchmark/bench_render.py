@@ -225,7 +225,7 @@ def print_ratios(rows: list[dict]) -> None:
             for p in peers:
                 speed = p["median_ms"] / o["median_ms"]
                 mem = None
-                if o.get("peak_extra_bytes") and p.get("peak_extra_bytes"):
+                if o.get("peak_extra_bytes") and p.get("peak_extra_bytes") is not None:
                     mem = p["peak_extra_bytes"] / o["peak_extra_bytes"]
                 out.append((f"{size}²", map_, MODES[mode], o["impl"], p["impl"], speed, mem))
     if not out:

@@ -5,22 +5,27 @@ with numba kernels that are parallel over rays and keep each ray's running sums 
 no per-sample tensor is ever built. Public API: :func:`is_available`, :func:`raymarch` (a
 ``torch.library`` custom op with autograd, opaque to ``torch.compile``).
 
-Design (measured on a 2-core Sapphire/Emerald Rapids VM, 512×512×133 chest CT, 500 samples per ray):
+Design (measured on a 2-core Sapphire/Emerald Rapids VM, 512×512×133 chest CT, 500 samples per
+ray, AP view; 2 threads: 200×200 forward ~41 ms, 512×512 ~215 ms):
 
 - Each ray is split once into the samples whose 8 trilinear corners are all inside the volume
   (an analytic interval, with an inward margin covering float32 rounding, so that these reads
   need no bounds checks) and the few at its ends, which take a scalar zero-padded path.
 - The inner part is a branch-free loop that LLVM vectorises *across samples*: 32-bit indices,
   two neighbouring voxels per 8-byte gather element, 512-bit vectors where the CPU has them
-  (about 1.7× a scalar loop with per-sample checks, and 512-bit is another ~15%).
+  (~1.7× a scalar loop with per-sample checks; 512-bit vectors another ~15%).
+- Neighbouring rays are marched in pairs over their common interior: they read mostly the same
+  cache lines, which halves the traffic from L2 (~20%). Ray tiles over the image and air
+  skipping were measured and not worth it (no gain; only ~20% of samples read all-zero corners).
 - Rays come in contiguous chunks (neighbouring rays reuse cached voxels), dealt round-robin to
   one group per thread (balances the image's uneven work).
 - Labelmaps: chunks of 128 samples get μ and the nearest label computed vectorised into stack
-  buffers (8/16-bit labels read as 32-bit words: x86 has no byte gathers), then a scalar scan
-  flushes each run of equal labels once into its channel: ~1.4× the plain render.
-- float16 / bfloat16 volumes are read natively (converted per load), never copied.
-- The numba kernels are compiled per dtype combination (volume f32/f16/bf16 × label dtype) on
-  first use and cached on disk (``cache=True``): a few seconds once per machine.
+  buffers (8/16-bit labels read as 32-bit words: x86 has no byte gathers), then a scan flushes
+  each run of equal labels once into its channel: ~1.6× the plain render with 119 channels.
+- float16 / bfloat16 volumes are read natively (converted per load), never copied, and are
+  ~20% faster than float32 (half the memory traffic).
+- The kernels are compiled per dtype combination (volume f32/f16/bf16 × label dtype) on first
+  use (~5 s each here) and cached on disk (``cache=True``; ~1.5 s to load in a new process).
 
 Backward: the per-ray gradients (``start``, ``delta``, ``step``) use the same split march with
 the analytic gradient of the trilinear interpolant (piecewise, one-sided at voxel boundaries via
@@ -999,7 +1004,7 @@ def _bwd_rays(
                         aq, bq = _ray_interior(q[0], q[1], q[2], q[3], q[4], q[5], D, H, W, n)
                         lo = max(ap, aq)
                         hi = min(bp, bq)
-                if hi - lo < 100000:  # singles (labels, odd ray, or no worthwhile common interior)
+                if hi - lo < 16:  # singles (labels, odd ray, or no worthwhile common interior)
                     _bwd_single(vol, lab, C, N, D, H, W, gout, start, delta, step, n, dstart, ddelta, dstep,
                                 pos, need_step, r)  # fmt: skip
                     if r + 1 < end:
