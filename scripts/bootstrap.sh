@@ -6,7 +6,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 pick_python() {
-  for candidate in "${NANODRR_PYTHON:-}" python3.12 python3.11 python3.10 python3; do
+  for candidate in "${NANODRR_PYTHON:-}" python3 python3.12 python3.11 python3.10; do
     [ -n "$candidate" ] || continue
     command -v "$candidate" >/dev/null 2>&1 || continue
     if "$candidate" -c 'import sys; sys.exit(not ((3, 10) <= sys.version_info[:2] <= (3, 12)))' 2>/dev/null; then

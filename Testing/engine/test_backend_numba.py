@@ -179,7 +179,7 @@ def _assert_close(actual: torch.Tensor, expected, rtol: float = 1e-4):
 # ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("n_samples", [1, 17, 48])
+@pytest.mark.parametrize("n_samples", [1, 17, 48, 300])  # 300: rays marched in several segments
 def test_plain_matches_numpy_reference(n_samples):
     vol = make_volume(0)
     start, delta, step = make_rays(1, n_samples)
@@ -252,6 +252,18 @@ def test_long_label_runs_match_reference():
     _assert_close(out, numpy_raymarch(vol, lab.numpy(), n_classes, start, delta, step, n_samples))
 
 
+@pytest.mark.parametrize(("dtype", "low", "high"), [(torch.uint8, 0, 9), (torch.int16, -3, 9)])
+def test_many_label_changes_across_run_chunks_match_reference(dtype, low, high):
+    """Random labels (changes every few samples, dropped ones included) on rays of 300 samples:
+    run detection crosses 64-sample mask words and 128-sample buffers, ending in a partial one."""
+    n_samples, n_classes = 300, 6
+    vol = make_volume(30)
+    lab = make_labels(31, low, high, dtype)
+    start, delta, step = make_rays(32, n_samples)
+    out = numba_cpu.raymarch(vol, lab, n_classes, start, delta, step, n_samples)
+    _assert_close(out, numpy_raymarch(vol, lab.numpy(), n_classes, start, delta, step, n_samples))
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_volume_read_natively(dtype):
     """16-bit volumes give exactly the render of their float32 promotion."""
@@ -313,9 +325,11 @@ def _grads(fn, vol, lab, n_classes, start, delta, step, n_samples, go, wrt=(0, 1
     return torch.autograd.grad((out * go.to(out.dtype)).sum(), wanted)
 
 
-@pytest.mark.parametrize(("n_classes", "with_labels"), [(1, False), (5, True)])
-def test_gradients_match_float64_autograd_reference(n_classes, with_labels):
-    n_samples = 32
+@pytest.mark.parametrize(
+    ("n_classes", "with_labels", "n_samples"), [(1, False, 32), (5, True, 32), (1, False, 300)]
+)
+def test_gradients_match_float64_autograd_reference(n_classes, with_labels, n_samples):
+    """300 samples: ray pairs marched in several segments."""
     vol = make_volume(20)
     lab = make_labels(21, 0, 7, torch.uint8) if with_labels else None  # 5 and 6 are dropped
     start, delta, step = make_rays(22, n_samples)
