@@ -56,6 +56,8 @@ import math
 import numpy as np
 import torch
 
+from ._contract import check_raymarch_args
+
 try:  # numba is optional: this module must import (and ``is_available`` answer) without it.
     import numba
     from llvmlite import ir as _ir
@@ -1501,32 +1503,10 @@ def raymarch(
     """
     if not is_available():
         raise RuntimeError(f"numba backend: numba could not be imported ({_IMPORT_ERROR!r})")
-    if not isinstance(vol, torch.Tensor) or vol.dim() != 3 or not vol.is_floating_point():
-        raise ValueError(f"vol: expected a floating [D, H, W] tensor, got {_describe(vol)}")
-    for name, t in (("vol", vol), ("lab", lab), ("start", start), ("delta", delta), ("step", step)):
-        if isinstance(t, torch.Tensor) and t.device.type != "cpu":
-            raise ValueError(f"{name}: the numba backend runs on CPU tensors, got device {t.device}")
-    if vol.numel() >= 2**31 - 1:
-        raise ValueError(f"vol: at most 2**31 - 1 voxels are supported, got shape {tuple(vol.shape)}")
-    if min(vol.shape) < 1:
-        raise ValueError(f"vol: empty volume of shape {tuple(vol.shape)}")
-    if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
-        raise ValueError(f"n_classes: expected an int >= 1, got {n_classes!r}")
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-        raise ValueError(f"n_samples: expected an int >= 1, got {n_samples!r}")
-    if not isinstance(start, torch.Tensor) or start.dim() != 3 or start.shape[-1] != 3:
-        raise ValueError(f"start: expected a [B, N, 3] tensor, got {_describe(start)}")
-    if not isinstance(delta, torch.Tensor) or delta.shape != start.shape:
-        raise ValueError(f"delta: expected shape {tuple(start.shape)} like start, got {_describe(delta)}")
-    if not isinstance(step, torch.Tensor) or step.shape != start.shape[:2]:
-        raise ValueError(f"step: expected shape {tuple(start.shape[:2])}, got {_describe(step)}")
+    check_raymarch_args(vol, lab, n_classes, start, delta, step, n_samples)
+    if vol.device.type != "cpu":
+        raise ValueError(f"vol: the numba backend runs on CPU tensors, got device {vol.device}")
     if n_classes > 1:
-        if not isinstance(lab, torch.Tensor) or lab.shape != vol.shape:
-            raise ValueError(
-                f"lab: n_classes={n_classes} needs a label tensor of shape {tuple(vol.shape)}, got {_describe(lab)}"
-            )
-        if lab.is_floating_point() or lab.is_complex():
-            raise ValueError(f"lab: expected an integer tensor, got {lab.dtype}")
         if lab.dtype not in _LABEL_DTYPES or lab.numel() < 4:  # bool, uint16/32/64, tiny: widen once
             lab = lab.to(torch.int64)
         lab = lab.contiguous()
@@ -1537,9 +1517,3 @@ def raymarch(
     vol = vol.contiguous()
     start, delta, step = (t.to(torch.float32).contiguous() for t in (start, delta, step))
     return _raymarch_op(vol, lab, n_classes, start, delta, step, n_samples)
-
-
-def _describe(t) -> str:
-    if isinstance(t, torch.Tensor):
-        return f"tensor of shape {tuple(t.shape)} and dtype {t.dtype}"
-    return repr(type(t).__name__) if t is not None else "None"

@@ -33,6 +33,8 @@ import os
 import torch
 from torch import Tensor
 
+from ._contract import check_raymarch_args
+
 try:
     import triton
     import triton.language as tl
@@ -581,39 +583,13 @@ _VOL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 def _check(vol, lab, n_classes, start, delta, step, n_samples, width) -> None:
     if triton is None:
         raise RuntimeError("triton backend: triton is not installed")
-    if vol.dim() != 3:
-        raise ValueError(f"vol: expected a [D, H, W] tensor, got shape {tuple(vol.shape)}")
+    check_raymarch_args(vol, lab, n_classes, start, delta, step, n_samples)
     if vol.dtype not in _VOL_DTYPES:
         raise ValueError(f"vol: expected one of {_VOL_DTYPES}, got {vol.dtype}")
-    if vol.numel() > _INT32_MAX:
-        raise ValueError(f"vol: {vol.numel()} voxels exceed the kernel's int32 indexing")
-    if not isinstance(n_classes, int) or n_classes < 1:
-        raise ValueError(f"n_classes: expected an int >= 1, got {n_classes!r}")
-    if not isinstance(n_samples, int) or n_samples < 1:
-        raise ValueError(f"n_samples: expected an int >= 1, got {n_samples!r}")
+    if n_classes > 1 and lab.dtype == torch.bool:
+        raise ValueError(f"lab: expected an integer dtype, got {lab.dtype}")
     if not isinstance(width, int) or width < 0:
         raise ValueError(f"width: expected an int >= 0, got {width!r}")
-    if start.dim() != 3 or start.shape[-1] != 3:
-        raise ValueError(f"start: expected a [B, N, 3] tensor, got shape {tuple(start.shape)}")
-    if delta.shape != start.shape:
-        raise ValueError(f"delta: expected shape {tuple(start.shape)} (as start), got {tuple(delta.shape)}")
-    if step.shape != start.shape[:2]:
-        raise ValueError(f"step: expected shape {tuple(start.shape[:2])}, got {tuple(step.shape)}")
-    if n_classes > 1:
-        if lab is None:
-            raise ValueError(f"lab: a labelmap is required with n_classes={n_classes}")
-        if lab.shape != vol.shape:
-            raise ValueError(f"lab: expected shape {tuple(vol.shape)} (as vol), got {tuple(lab.shape)}")
-        if lab.dtype.is_floating_point or lab.dtype.is_complex or lab.dtype == torch.bool:
-            raise ValueError(f"lab: expected an integer dtype, got {lab.dtype}")
-        if lab.device != vol.device:
-            raise ValueError(f"lab: on {lab.device}, but vol is on {vol.device}")
-    B, N, _ = start.shape
-    if B * n_classes * N > _INT32_MAX or 3 * B * N > _INT32_MAX:
-        raise ValueError(f"start: {B}×{N} rays × {n_classes} classes exceed the kernel's int32 indexing")
-    for name, t in (("start", start), ("delta", delta), ("step", step)):
-        if t.device != vol.device:
-            raise ValueError(f"{name}: on {t.device}, but vol is on {vol.device}")
     if vol.device.type != "cuda" and not _interpreting():
         raise ValueError(
             f"vol: the triton backend needs CUDA tensors (got {vol.device}); "

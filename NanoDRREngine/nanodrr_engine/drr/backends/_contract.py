@@ -1,0 +1,55 @@
+"""Argument checks shared by the fused kernels (the contract is in ``backends/__init__.py``)."""
+
+from __future__ import annotations
+
+import torch
+
+INT32_MAX = 2**31 - 1
+
+
+def describe(t) -> str:
+    if isinstance(t, torch.Tensor):
+        return f"tensor of shape {tuple(t.shape)} and dtype {t.dtype}"
+    return repr(type(t).__name__) if t is not None else "None"
+
+
+def check_raymarch_args(vol, lab, n_classes, start, delta, step, n_samples) -> None:
+    """Raise ``ValueError`` naming the first argument that breaks the contract.
+
+    Checks shapes, dtypes, counts, devices and int32-indexable sizes; each backend adds its own
+    device and dtype requirements.
+    """
+    if not isinstance(vol, torch.Tensor) or vol.dim() != 3 or not vol.is_floating_point():
+        raise ValueError(f"vol: expected a floating [D, H, W] tensor, got {describe(vol)}")
+    if min(vol.shape) < 1:
+        raise ValueError(f"vol: empty volume of shape {tuple(vol.shape)}")
+    if vol.numel() > INT32_MAX:
+        raise ValueError(f"vol: {vol.numel()} voxels exceed the kernels' int32 indexing")
+    if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
+        raise ValueError(f"n_classes: expected an int >= 1, got {n_classes!r}")
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+        raise ValueError(f"n_samples: expected an int >= 1, got {n_samples!r}")
+    if not isinstance(start, torch.Tensor) or start.dim() != 3 or start.shape[-1] != 3:
+        raise ValueError(f"start: expected a [B, N, 3] tensor, got {describe(start)}")
+    if not isinstance(delta, torch.Tensor) or delta.shape != start.shape:
+        raise ValueError(f"delta: expected shape {tuple(start.shape)} (as start), got {describe(delta)}")
+    if not isinstance(step, torch.Tensor) or step.shape != start.shape[:2]:
+        raise ValueError(f"step: expected shape {tuple(start.shape[:2])}, got {describe(step)}")
+    if n_classes > 1:
+        if not isinstance(lab, torch.Tensor) or lab.shape != vol.shape:
+            raise ValueError(
+                f"lab: n_classes={n_classes} needs a label tensor of shape {tuple(vol.shape)}, got {describe(lab)}"
+            )
+        if lab.is_floating_point() or lab.is_complex():
+            raise ValueError(f"lab: expected an integer tensor, got {lab.dtype}")
+    B, N, _ = start.shape
+    if B * n_classes * N > INT32_MAX or 3 * B * N > INT32_MAX:
+        raise ValueError(f"start: {B}×{N} rays × {n_classes} classes exceed the kernels' int32 indexing")
+    for name, t in (
+        ("lab", lab if n_classes > 1 else None),
+        ("start", start),
+        ("delta", delta),
+        ("step", step),
+    ):
+        if t is not None and t.device != vol.device:
+            raise ValueError(f"{name}: on {t.device}, but vol is on {vol.device}")
