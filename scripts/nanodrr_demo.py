@@ -178,7 +178,10 @@ def main(argv=None) -> int:
     for label, primary in (("AP (LAO 0, CRAN 0)", 0.0), ("Lateral (LAO 90)", 90.0)):
         logic.setCArmAngles(carm, ct, primary=primary, secondary=0.0, sod=args.sod)
         node = logic.render(ct, carm, geometry, name=f"{ct.GetName()} DRR {label.split()[0]}", **common)
+        first = " (first render: includes one-time kernel compilation)" if not views else ""
         report(f"render {label}", logic, geometry)
+        if first:
+            print(f"{'':28s}{first.strip()}")
         views[label] = conventionalDisplayArray(node)
     node = logic.render(ct, carm, geometry, outputNode=node, **common)
     report("re-render (cached volume)", logic, geometry)

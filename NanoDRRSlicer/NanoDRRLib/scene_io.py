@@ -55,6 +55,7 @@ def saveScene(scene, directory, sceneName: str = "scene") -> Path:
         used.add(filename.lower())
         storage.ResetFileNameList()
         storage.SetFileName(str(directory / filename))
+        (directory / filename).unlink(missing_ok=True)  # overwrite quietly (VTK logs each replaced file)
         if not storage.WriteData(node):
             raise NanoDRRError(
                 f"node '{node.GetName()}' ({node.GetID()}): could not write {directory / filename}"
