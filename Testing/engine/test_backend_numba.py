@@ -12,14 +12,12 @@ the same points, and ties of the nearest-label rounding (half to even) are exerc
 
 from __future__ import annotations
 
-import itertools
-
-import numpy as np
 import pytest
 import torch
 
 pytest.importorskip("numba")
 
+from contract_reference import numpy_raymarch, torch_raymarch
 from nanodrr_engine.drr.backends import numba_cpu
 
 SHAPE = (20, 24, 28)  # [D, H, W] = [K, J, I]
@@ -29,71 +27,6 @@ SHAPE = (20, 24, 28)  # [D, H, W] = [K, J, I]
 def _available():
     if not numba_cpu.is_available():
         pytest.skip("numba backend unavailable")
-
-
-# ---------------------------------------------------------------------------------------------------
-# Independent references
-# ---------------------------------------------------------------------------------------------------
-
-
-def numpy_raymarch(vol, lab, n_classes, start, delta, step, n_samples):
-    """Brute-force float64 NumPy reading of the contract: ``[B, C, N]``."""
-    vol = np.asarray(vol, dtype=np.float64)
-    start, delta, step = (np.asarray(t, dtype=np.float64) for t in (start, delta, step))
-    D, H, W = vol.shape
-    size = np.array([W, H, D])  # per (i, j, k)
-    s = np.arange(n_samples, dtype=np.float64)[None, None, :, None]
-    p = start[:, :, None, :] + s * delta[:, :, None, :]  # [B, N, S, 3]
-    lo = np.floor(p)
-    f = p - lo
-    mu = np.zeros(p.shape[:-1])
-    for corner in itertools.product((0, 1), repeat=3):
-        idx = lo.astype(np.int64) + np.array(corner)
-        w = np.prod(np.where(np.array(corner) == 1, f, 1 - f), axis=-1)
-        inside = np.all((idx >= 0) & (idx < size), axis=-1)
-        c = np.clip(idx, 0, size - 1)
-        mu += w * np.where(inside, vol[c[..., 2], c[..., 1], c[..., 0]], 0.0)
-    B, N = step.shape
-    if n_classes == 1:
-        return (step * mu.sum(-1))[:, None, :]
-    r = np.round(p).astype(np.int64)  # NumPy rounds half to even, like grid_sample's nearest mode
-    inside = np.all((r >= 0) & (r < size), axis=-1)
-    c = np.clip(r, 0, size - 1)
-    label = np.where(inside, np.asarray(lab).astype(np.int64)[c[..., 2], c[..., 1], c[..., 0]], 0)
-    out = np.zeros((B, n_classes, N))
-    for k in range(n_classes):
-        out[:, k] = step * np.where(label == k, mu, 0.0).sum(-1)
-    return out
-
-
-def torch_raymarch64(vol, lab, n_classes, start, delta, step, n_samples):
-    """Explicit trilinear gather in float64 torch: autograd gives the reference gradients."""
-    D, H, W = vol.shape
-    s = torch.arange(n_samples, dtype=torch.float64)
-    p = start[:, :, None, :] + s[:, None] * delta[:, :, None, :]  # [B, N, S, 3]
-    lo = p.detach().floor()
-    frac = p - lo
-    lo = lo.long()
-    flat = vol.reshape(-1)
-    mu = torch.zeros(p.shape[:-1], dtype=torch.float64)
-    for cz, cy, cx in itertools.product((0, 1), repeat=3):
-        x, y, z = lo[..., 0] + cx, lo[..., 1] + cy, lo[..., 2] + cz
-        inside = (x >= 0) & (x < W) & (y >= 0) & (y < H) & (z >= 0) & (z < D)
-        idx = torch.where(inside, (z * H + y) * W + x, 0)
-        w = (
-            (frac[..., 0] if cx else 1 - frac[..., 0])
-            * (frac[..., 1] if cy else 1 - frac[..., 1])
-            * (frac[..., 2] if cz else 1 - frac[..., 2])
-        )
-        mu = mu + w * torch.where(inside, flat[idx], 0.0)
-    if n_classes == 1:
-        return step[:, None, :] * mu.sum(-1)[:, None, :]
-    r = torch.round(p.detach()).long()
-    x, y, z = r.unbind(-1)
-    inside = (x >= 0) & (x < W) & (y >= 0) & (y < H) & (z >= 0) & (z < D)
-    label = torch.where(inside, lab.reshape(-1).long()[torch.where(inside, (z * H + y) * W + x, 0)], 0)
-    onehot = torch.stack([label == c for c in range(n_classes)], 1).to(torch.float64)  # [B, C, N, S]
-    return step[:, None, :] * (onehot * mu[:, None]).sum(-1)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -335,7 +268,7 @@ def test_gradients_match_float64_autograd_reference(n_classes, with_labels, n_sa
     start, delta, step = make_rays(22, n_samples)
     go = torch.randn(2, n_classes, step.shape[1], generator=torch.Generator().manual_seed(23))
     got = _grads(numba_cpu.raymarch, vol, lab, n_classes, start, delta, step, n_samples, go)
-    ref = _grads(torch_raymarch64, vol.double(), lab, n_classes, start.double(), delta.double(), step.double(),
+    ref = _grads(torch_raymarch, vol.double(), lab, n_classes, start.double(), delta.double(), step.double(),
                  n_samples, go.double())  # fmt: skip
     for name, g, r in zip(("vol", "start", "delta", "step"), got, ref, strict=True):
         assert g.dtype == torch.float32, name
