@@ -61,7 +61,6 @@ _MAX_SPLIT = 16
 _MIN_CHUNK = 16
 #: Cap on the float32 elements of the forward's partial buffer ``[SPLIT, B, C, N]``.
 _MAX_PARTIAL = 1 << 24
-_INT32_MAX = 2**31 - 1
 
 
 def _interpreting() -> bool:
