@@ -70,8 +70,9 @@ class DRR(torch.nn.Module):
         n_samples: int = 500,
         soft_labels: bool = False,
         backend: str = "auto",
+        method: str = "raymarch",
     ) -> torch.Tensor:
-        """``[B, C, H, W]`` DRRs of ``subject`` from poses ``rt_inv [B, 4, 4]``."""
+        """``[B, C, H, W]`` DRRs of ``subject`` from poses ``rt_inv [B, 4, 4]`` (arguments as :func:`render`)."""
         return render(
             subject,
             self.k_inv,
@@ -85,4 +86,5 @@ class DRR(torch.nn.Module):
             self.src,
             self.tgt,
             backend,
+            method,
         )

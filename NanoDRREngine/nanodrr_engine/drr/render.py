@@ -7,7 +7,10 @@ import torch
 from .._validation import as_matrix, check_pixels, check_rigid
 from ..data.subject import Subject
 from .backends import resolve_backend
-from .rays import make_src, make_tgt, sample_geometry
+from .rays import make_src, make_tgt, sample_geometry, slice_geometry
+
+#: Sampling methods: the reference ray march, and Joseph's one-sample-per-voxel-plane.
+METHODS = ("raymarch", "joseph")
 
 
 def render(
@@ -23,6 +26,7 @@ def render(
     src: torch.Tensor | None = None,
     tgt: torch.Tensor | None = None,
     backend: str = "auto",
+    method: str = "raymarch",
 ) -> torch.Tensor:
     """Render DRRs: the line integral ∫μ ds along each pixel's ray (no exponential).
 
@@ -37,6 +41,11 @@ def render(
         orthographic: parallel beams (each ray starts at its pixel's foot on z = 0).
         src, tgt: precomputed ray ends in camera coordinates (``DRR`` caches them).
         backend: ``"auto"`` (fastest available), ``"numba"``, ``"triton"`` or ``"torch"`` (reference).
+        method: ``"raymarch"`` (the reference semantics: ``n_samples`` midpoints per ray, as nanodrr)
+            or ``"joseph"`` (one sample per voxel plane along each ray's dominant axis, bilinear on
+            the plane; ``n_samples`` is ignored). Joseph's method is as accurate against exact line
+            integrals and reads half the voxels per sample: the fastest CPU path (numba) for plain
+            renders without gradients; labelmaps, gradients and GPUs use the torch reference.
 
     Returns:
         ``[B, C, H, W]``: C = ``subject.n_classes`` channels (1 without a labelmap); the channels sum to
@@ -48,6 +57,8 @@ def render(
     width = check_pixels(width, "width")
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
         raise ValueError(f"n_samples: must be an integer >= 1, got {n_samples!r}")
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
 
     device = subject.world_to_voxel.device
     rt_inv = as_matrix(rt_inv, "rt_inv", (4, 4), device=device)
@@ -80,12 +91,17 @@ def render(
             raise ValueError(f"{name}: batch size {t.shape[0]} does not match the others ({B})")
 
     cam_to_voxel = subject.world_to_voxel.to(dtype) @ rt_inv
-    start, delta, step = sample_geometry(cam_to_voxel.expand(B, 4, 4), src, tgt, subject.shape, n_samples)
-
     vol = subject.image[0, 0]
     C = subject.n_classes
     lab = subject.label[0, 0] if (subject.label is not None and C > 1) else None
     soft = soft_labels and lab is not None
+    if method == "joseph":
+        if soft:
+            raise ValueError("soft_labels: not available with method='joseph'")
+        out = _joseph(vol, lab, C, cam_to_voxel, src, tgt, subject.shape, backend)
+        return out.reshape(B, C, height, width)
+
+    start, delta, step = sample_geometry(cam_to_voxel.expand(B, 4, 4), src, tgt, subject.shape, n_samples)
     if soft:
         if backend not in ("auto", "torch"):
             raise ValueError(
@@ -101,3 +117,22 @@ def render(
         extra = {"width": width} if name == "triton" else {}  # pixel tiles for GPU cache locality
         out = op(vol, lab, C, start, delta, step, n_samples, **extra)
     return out.reshape(B, C, height, width)
+
+
+def _joseph(vol, lab, C, cam_to_voxel, src, tgt, shape, backend: str) -> torch.Tensor:
+    """Joseph's render: the fused numba kernel for plain CPU renders without gradients, else the
+    torch reference on ``slice_geometry``'s samples (labelmaps, gradients, GPUs)."""
+    name, _ = resolve_backend(backend, vol.device, vol.dtype)  # validates the name for this device
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (vol, cam_to_voxel, src, tgt))
+    if name == "numba" and lab is None and not grad:
+        from .backends.numba_slices import slicemarch_rays
+
+        return slicemarch_rays(vol, cam_to_voxel, src, tgt)
+    if backend not in ("auto", "torch", "numba"):
+        raise ValueError(f"backend: method='joseph' runs on 'numba' (CPU) or 'torch', not {backend!r}")
+    from .backends.torch_ref import raymarch as ref
+
+    B = max(cam_to_voxel.shape[0], src.shape[0], tgt.shape[0])
+    start, delta, step, count = slice_geometry(cam_to_voxel.expand(B, 4, 4), src, tgt, shape)
+    n = max(1, int(count.max())) if count.numel() else 1
+    return ref(vol, lab, C, start.float(), delta.float(), step.float(), n, count=count)

@@ -23,22 +23,27 @@ def raymarch(
     step: torch.Tensor,
     n_samples: int,
     soft_labels: bool = False,
+    count: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """See :mod:`nanodrr_engine.drr.backends` for the contract. Returns ``[B, C, N]`` float32.
 
     ``soft_labels`` routes each of the 8 trilinear neighbours' μ to that voxel's own label
     (anti-aliased, pose-differentiable channels), as nanodrr's ``soft_labels=True``.
+    ``count [B, N]`` (the slice-march contract) keeps only samples ``s < count`` of each ray.
     """
+    if count is not None and soft_labels:
+        raise ValueError("soft_labels: not available with per-ray sample counts (method='joseph')")
     B, N, _ = start.shape
     vol = vol.float() if vol.dtype != torch.float64 else vol
     size = torch.tensor(vol.shape[::-1], dtype=start.dtype, device=start.device)  # (I, J, K)
     s = torch.arange(n_samples, dtype=start.dtype, device=start.device)
     rays = B * N
     start, delta, step = start.reshape(rays, 3), delta.reshape(rays, 3), step.reshape(rays)
+    count = torch.full((rays,), n_samples, device=start.device) if count is None else count.reshape(rays)
     per_chunk = max(1, MAX_SAMPLES_PER_CHUNK // n_samples)
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (vol, start, delta, step))
 
-    def march(start_c, delta_c, step_c):
+    def march(start_c, delta_c, step_c, count_c):
         pts = start_c[:, None, :] + s[None, :, None] * delta_c[:, None, :]  # [R, S, 3]
         if soft_labels and n_classes > 1:
             return _soft(vol, lab, n_classes, pts) * step_c[:, None]
@@ -50,16 +55,18 @@ def raymarch(
             padding_mode="zeros",
             align_corners=False,
         )[0, 0, 0]  # [R, S]
+        kept = s[None, :] < count_c[:, None]
+        mu = torch.where(kept, mu, 0.0)
         if n_classes == 1:
             return (mu.sum(-1) * step_c)[:, None]
-        channel = _nearest_label(lab, pts, n_classes)
+        channel = torch.where(kept, _nearest_label(lab, pts, n_classes), n_classes)
         out = torch.zeros(mu.shape[0], n_classes + 1, dtype=mu.dtype, device=mu.device)
         out.scatter_add_(1, channel, mu)
         return out[:, :n_classes] * step_c[:, None]
 
     outs = []
     for lo in range(0, rays, per_chunk):
-        args = (start[lo : lo + per_chunk], delta[lo : lo + per_chunk], step[lo : lo + per_chunk])
+        args = tuple(t[lo : lo + per_chunk] for t in (start, delta, step, count))
         outs.append(checkpoint(march, *args, use_reentrant=False) if grad else march(*args))
     out = torch.cat(outs) if outs else start.new_zeros(0, n_classes)
     return out.to(torch.promote_types(out.dtype, torch.float32)).reshape(B, N, n_classes).transpose(1, 2)
