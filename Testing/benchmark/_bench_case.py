@@ -115,6 +115,9 @@ def _torch_impl(spec: dict) -> dict:
 
     impl = spec["impl"]
     family, backend = impl.split("+")[0].split("-", 1)  # "ours-numba+compile" -> ("ours", "numba")
+    method = "raymarch"
+    if backend == "joseph":  # "ours-joseph": Joseph's slice-wise sampling, fastest backend
+        backend, method = "auto", "joseph"
     if family == "ours":
         from nanodrr_engine import DRR, Subject, make_rt_inv
     elif family == "nanodrr":
@@ -139,9 +142,11 @@ def _torch_impl(spec: dict) -> dict:
     n_samples = int(spec["n_samples"])
     grad = spec["mode"] == "fwdbwd"
 
+    extra = {"method": method} if method != "raymarch" else {}  # nanodrr has no method argument
+
     def render(rotation, translation):
         return drr(
-            subject, make_rt_inv(rotation, translation, "AP", iso), n_samples=n_samples, backend=backend
+            subject, make_rt_inv(rotation, translation, "AP", iso), n_samples=n_samples, backend=backend, **extra
         )
 
     if spec.get("compile"):

@@ -56,6 +56,8 @@ def implementations(device: str, compile_: bool) -> tuple[list[str], dict[str, s
     unavailable: dict[str, str] = {}
     ours = [f"ours-{b}" for b in nanodrr_engine.available_backends(device)]
     ours.sort(key=lambda n: n != REFERENCE)  # the reference first: every other case is compared to it
+    if "ours-numba" in ours:
+        ours.append("ours-joseph")  # Joseph's sampling: its fused kernel is CPU, plain, forward
     if device == "cuda":
         peers = ["nanodrr-triton", "nanodrr-torch"]
         unavailable["plastimatch"] = "CPU only here: run with --device cpu"
@@ -86,7 +88,7 @@ def select(impls: list[str], patterns: list[str] | None) -> list[str]:
 
 def applicable(impl: str, labelmap: bool, mode: str) -> str | None:
     """Why ``impl`` cannot run this case, or None."""
-    if impl.startswith("plastimatch") and (labelmap or mode != "fwd"):
+    if impl.startswith(("plastimatch", "ours-joseph")) and (labelmap or mode != "fwd"):
         return "plain forward only"
     return None
 

@@ -93,7 +93,7 @@ def slice_geometry(
     lo = torch.minimum(e0, e1).ceil().clamp(min=0.0)
     hi = torch.maximum(e0, e1).floor().clamp(max=last_plane)
     count = (hi - lo + 1.0).clamp(min=0.0)
-    crosses = (count > 0) & (rm != 0)
+    crosses = (count > 0) & (rm != 0) & (t1 > t0)  # t1 == t0: the ray misses (or grazes) the box
     first = torch.where(rm > 0, lo, hi).detach()
     abs_rm = torch.where(crosses, rm.abs(), torch.ones_like(rm))
     t_first = torch.where(crosses, (first - am) / torch.where(crosses, rm, torch.ones_like(rm)), t0)

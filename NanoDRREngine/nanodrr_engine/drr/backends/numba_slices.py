@@ -135,7 +135,9 @@ def _slice_setup(ax, ay, az, bx, by, bz, D, H, W):
         t0 = max(t0, min(ta, tb))
         t1 = min(t1, max(ta, tb))
     t0 = min(max(t0, 0.0), 1.0)
-    t1 = max(min(max(t1, 0.0), 1.0), t0)
+    t1 = min(max(t1, 0.0), 1.0)
+    if not t1 > t0:  # misses (or grazes) the box
+        return 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0
     # the dominant axis: the first of the largest |ray| (as torch's argmax)
     if abs(rx) >= abs(ry) and abs(rx) >= abs(rz):
         rm, am, last = rx, ax, W - 1.0
