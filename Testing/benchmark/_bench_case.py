@@ -146,7 +146,11 @@ def _torch_impl(spec: dict) -> dict:
 
     def render(rotation, translation):
         return drr(
-            subject, make_rt_inv(rotation, translation, "AP", iso), n_samples=n_samples, backend=backend, **extra
+            subject,
+            make_rt_inv(rotation, translation, "AP", iso),
+            n_samples=n_samples,
+            backend=backend,
+            **extra,
         )
 
     if spec.get("compile"):
