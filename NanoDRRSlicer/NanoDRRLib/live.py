@@ -38,7 +38,8 @@ class LiveRenderController:
         previewScale: pixel scale of renders while moving (1 = always full resolution).
         schedule: ``schedule(callback)`` defers a flush; None renders synchronously per event.
         onRendered: ``onRendered(outputNode)`` after each render.
-        **renderOptions: further keyword arguments of ``logic.render`` (muBone, displayMode, ...).
+        **renderOptions: further keyword arguments of ``logic.render`` (muBone, displayMode, method, ...);
+            ``method="joseph"`` is the fastest accurate choice for interactive CPU rendering.
 
     Attributes:
         isActive, renderCount, outputNode, isPreview (the last render was a preview), lastError.

@@ -8,6 +8,10 @@ What ``render`` computes (docs/geometry.md): the line integral ∫μ ds along ea
 the selected (by default: visible) segments: each ray sample counts only if its nearest CT voxel is
 inside a segment — the engine's labelmap semantics, so the restricted DRR plus the DRR of the rest
 is the plain DRR. ``displayMode="transmission"`` stores I/I0 = exp(−∫μ ds) instead.
+
+Sampling (``method``): "raymarch" takes ``nSamples`` evenly spaced samples per ray (the reference
+semantics, as nanodrr); "joseph" takes one sample per voxel plane crossed along each ray's dominant axis
+(``nSamples`` is ignored), as accurate against exact line integrals and faster for plain CPU renders.
 """
 
 from __future__ import annotations
@@ -58,6 +62,8 @@ if TYPE_CHECKING:  # torch and the engine are imported lazily (Slicer may instal
     import torch
 
 BACKENDS = ("auto", "numba", "triton", "torch")
+#: Sampling methods (``nanodrr_engine.drr.render.METHODS``; repeated here so validation needs no torch).
+METHODS = ("raymarch", "joseph")
 
 
 def resolveDevice(device) -> torch.device:
@@ -96,6 +102,7 @@ class _Request:
     mu: dict
     displayMode: str
     backend: str
+    method: str
 
 
 class NanoDRRLogic:
@@ -160,7 +167,7 @@ class NanoDRRLogic:
     # --- validation ----------------------------------------------------------------------------
 
     def _validate(
-        self, volumeNode, carmNode, geometry, nSamples, device, muBone, muWater, displayMode, backend
+        self, volumeNode, carmNode, geometry, nSamples, device, muBone, muWater, displayMode, backend, method
     ) -> _Request:
         checkVolumeNode(volumeNode)
         scene = volumeNode.GetScene()
@@ -194,6 +201,8 @@ class NanoDRRLogic:
             raise NanoDRRError(f"displayMode: expected one of {DISPLAY_MODES}, got {displayMode!r}")
         if backend not in BACKENDS:
             raise NanoDRRError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+        if not isinstance(method, str) or method not in METHODS:
+            raise NanoDRRError(f"method: expected one of {METHODS}, got {method!r}")
         return _Request(
             scene,
             voxelToWorld,
@@ -204,6 +213,7 @@ class NanoDRRLogic:
             mu,
             displayMode,
             backend,
+            method,
         )
 
     # --- rendering -----------------------------------------------------------------------------
@@ -233,7 +243,7 @@ class NanoDRRLogic:
         pose = torch.as_tensor(req.pose, dtype=torch.float64, device=req.device)[None]
         try:
             with torch.no_grad():
-                out = drr(subject, pose, n_samples=req.nSamples, backend=req.backend)
+                out = drr(subject, pose, n_samples=req.nSamples, backend=req.backend, method=req.method)
         except NanoDRRError:
             raise
         except ValueError as e:
@@ -248,7 +258,9 @@ class NanoDRRLogic:
             "role": "DRR",
             "sdd": float(g.sdd), "delx": float(g.delx), "dely": float(g.dely),
             "x0": float(g.x0), "y0": float(g.y0), "height": int(g.height), "width": int(g.width),
-            "rtInv": req.pose, "nSamples": req.nSamples, "displayMode": req.displayMode,
+            "rtInv": req.pose, "method": req.method,
+            "nSamples": req.nSamples if req.method == "raymarch" else None,  # joseph ignores it
+            "displayMode": req.displayMode,
             "muWater": req.mu["mu_water"], "muBone": req.mu["mu_bone"],
             "sourceVolumeID": volumeNode.GetID(), "cArmID": carmNode.GetID(),
             "segmentationID": segmentationNode.GetID() if segmentationNode is not None else None,
@@ -279,6 +291,7 @@ class NanoDRRLogic:
         name: str | None = None,
         autoWindowLevel: bool = True,
         backend: str = "auto",
+        method: str = "raymarch",
         progressCallback=None,
     ):
         """Render a DRR of ``volumeNode`` from the C-arm pose into a scalar volume node.
@@ -290,12 +303,16 @@ class NanoDRRLogic:
             segmentationNode: optional; restricts the CT to the union of ``segmentIds`` (default: the
                 visible segments), see the module docstring.
             outputNode: scalar volume node to overwrite in place (default: a new node).
-            nSamples: samples per ray. device: "auto", "cpu", "cuda", "mps".
+            nSamples: samples per ray (``method="raymarch"`` only). device: "auto", "cpu", "cuda", "mps".
             muBone, muWater: μ of bone / water (1/mm) for the HU → μ conversion (engine defaults).
             displayMode: "attenuation" stores ∫μ ds; "transmission" stores exp(−∫μ ds).
             name: name of a new output node (default "<volume> DRR").
             autoWindowLevel: set window/level from robust percentiles of the image.
             backend: engine ray-march backend ("auto" picks the fastest).
+            method: "raymarch" (``nSamples`` samples per ray, the reference) or "joseph" (one sample per
+                voxel plane crossed, ``nSamples`` ignored; fastest on the CPU without a segmentation:
+                with one the labelmap render runs on the engine's slower torch path). Recorded in the
+                node's ``NanoDRR.method`` attribute; ``NanoDRR.nSamples`` is recorded for "raymarch" only.
             progressCallback: ``progressCallback(fraction, message)`` between stages; it may raise to
                 cancel, which is safe until the outputs are written (the last report is before that).
 
@@ -304,7 +321,7 @@ class NanoDRRLogic:
         """
         t0 = time.perf_counter()
         req = self._validate(
-            volumeNode, carmNode, geometry, nSamples, device, muBone, muWater, displayMode, backend
+            volumeNode, carmNode, geometry, nSamples, device, muBone, muWater, displayMode, backend, method
         )
         ids: list[str] = []
         if segmentationNode is not None:
@@ -387,6 +404,7 @@ class NanoDRRLogic:
         folderName: str | None = None,
         autoWindowLevel: bool = True,
         backend: str = "auto",
+        method: str = "raymarch",
         progressCallback=None,
     ) -> dict:
         """One DRR per segment: the CT restricted to that segment (overlapping segments included).
@@ -398,6 +416,8 @@ class NanoDRRLogic:
             outputNodes: ``{segmentId: volume node}`` to overwrite in place; others are created as
                 "<volume> DRR <segment name>" in a subject hierarchy folder (``folderName``, default
                 "<volume> DRR segments") with a black → segment-colour colour table.
+            method: as in :meth:`render`. Per-segment renders carry a labelmap, so "joseph" runs on the
+                engine's torch reference path here (no fused kernel): slower than "raymarch" on the CPU.
             Other arguments as in :meth:`render`.
 
         Returns:
@@ -405,7 +425,7 @@ class NanoDRRLogic:
         """
         t0 = time.perf_counter()
         req = self._validate(
-            volumeNode, carmNode, geometry, nSamples, device, muBone, muWater, displayMode, backend
+            volumeNode, carmNode, geometry, nSamples, device, muBone, muWater, displayMode, backend, method
         )
         if segmentationNode is None:
             raise NanoDRRError("segmentationNode: no segmentation selected")

@@ -16,8 +16,8 @@ Display: an X-ray look by default: grey colour map, window/level from robust per
 inverted grey map so bone still looks bright. Per-segment DRRs get a black → segment-colour ramp.
 
 Provenance attributes (``NanoDRR.*``, kept by a saved and reloaded scene): geometry (sdd, delx, dely,
-x0, y0, height, width), ``rtInv`` (16 numbers, row-major camera-to-world), ``nSamples``,
-``displayMode``, μ parameters, ``sourceVolumeID``, ``segmentationID``, ``segmentIDs`` (JSON list),
+x0, y0, height, width), ``rtInv`` (16 numbers, row-major camera-to-world), ``method`` (``raymarch`` or
+``joseph``), ``nSamples`` (ray march only), ``displayMode``, μ parameters, ``sourceVolumeID``, ``segmentationID``, ``segmentIDs`` (JSON list),
 ``cArmID``; the same nodes are also referenced by role (``NanoDRR.sourceVolume``,
 ``NanoDRR.segmentation``, ``NanoDRR.cArm``), which survive ID renaming on scene import.
 """

@@ -230,6 +230,30 @@ HARNESS = textwrap.dedent(
             self.assertTrue(np.all((image > 0.0) & (image <= 1.0)))  # the display mode reached the renderer
             live.stop()
 
+        def test_sampling_parameter_reaches_every_render(self):
+            self.logic.createCArmFromParameters(self.p)
+            self.assertIs(self.p.sampling, NanoDRR.SamplingMethod.JOSEPH)  # the GUI default: fastest
+            self.assertEqual(
+                [m.label() for m in NanoDRR.SamplingMethod],
+                ["Joseph (one sample per voxel plane, fastest on CPU)", "Ray march (fixed samples per ray, as nanodrr)"],
+            )
+            self.p.segmentation, self.p.renderSegments = self._segmentation(), True
+            drr, parts = self.logic.renderFromParameters(self.p)
+            for node in (drr, *parts):
+                attributes = NanoDRRLib.readAttributes(node)
+                self.assertEqual(attributes["method"], "joseph")
+                self.assertNotIn("nSamples", attributes)
+            self.p.sampling = NanoDRR.SamplingMethod.RAYMARCH
+            drr, parts = self.logic.renderFromParameters(self.p)
+            for node in (drr, *parts):
+                attributes = NanoDRRLib.readAttributes(node)
+                self.assertEqual((attributes["method"], attributes["nSamples"]), ("raymarch", 64))
+            self.p.sampling = NanoDRR.SamplingMethod.JOSEPH
+            live = self.logic.createLiveRenderer(self.p, schedule=None)
+            live.start()
+            self.assertEqual(NanoDRRLib.readAttributes(self.p.outputVolume)["method"], "joseph")
+            live.stop()
+
         def test_detector_presets_round_trip(self):
             for name in NanoDRRLib.DETECTOR_PRESETS:
                 NanoDRR.NanoDRRLogic.applyDetectorPreset(self.p, name)

@@ -27,6 +27,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 MODULE_DIR = REPO / "NanoDRRSlicer"
 MODULE_PY = MODULE_DIR / "NanoDRR.py"
+LOGIC_PY = MODULE_DIR / "NanoDRRLib" / "logic.py"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "NanoDRR.ui"
 ICON = MODULE_DIR / "Resources" / "Icons" / "NanoDRR.png"
 MODULE_CMAKE = MODULE_DIR / "CMakeLists.txt"
@@ -68,6 +69,7 @@ CONNECTOR_WIDGETS = {
               "qMRMLSpinBox", "QComboBox", "ctkComboBox"},
     "str": {"QLineEdit", "QLabel", "QTextEdit", "QComboBox", "ctkComboBox"},
     "node": {"qMRMLNodeComboBox"},
+    "enum": {"QComboBox", "ctkComboBox"},
 }  # fmt: skip
 COMBO_WIDGETS = {"QComboBox", "ctkComboBox"}
 SLIDER_WIDGETS = {"ctkSliderWidget", "qMRMLSliderWidget"}
@@ -191,6 +193,16 @@ def _annotation_parts(annotation: ast.expr) -> tuple[str, list[ast.expr]]:
 
 
 @cache
+def module_enums() -> dict[str, ast.ClassDef]:
+    """enum.Enum subclasses defined in NanoDRR.py (parameter types the wrapper stores by member name)."""
+    return {
+        node.name: node
+        for node in module_ast().body
+        if isinstance(node, ast.ClassDef) and any(ast.unparse(b) in ("enum.Enum", "Enum") for b in node.bases)
+    }
+
+
+@cache
 def parameter_fields() -> dict[str, tuple[str, list[ast.expr], ast.expr | None]]:
     """Field name -> (kind, Annotated metadata, default expression) of the @parameterNodeWrapper class."""
     classes = [
@@ -204,6 +216,7 @@ def parameter_fields() -> dict[str, tuple[str, list[ast.expr], ast.expr | None]]
     for statement in classes[0].body:
         if isinstance(statement, ast.AnnAssign):
             kind, meta = _annotation_parts(statement.annotation)
+            kind = "enum" if kind in module_enums() else kind
             fields[statement.target.id] = (kind, meta, statement.value)
     return fields
 
@@ -321,6 +334,7 @@ def test_ui_has_the_required_sections_and_controls():
         "rowsSpinBox": "QSpinBox",
         "columnsSpinBox": "QSpinBox",
         "deviceComboBox": "QComboBox",
+        "samplingComboBox": "QComboBox",
         "displayModeComboBox": "QComboBox",
         "outputVolumeSelector": "qMRMLNodeComboBox",
         "renderSegmentsCheckBox": "QCheckBox",
@@ -354,7 +368,7 @@ def test_parameter_node_has_the_specified_fields():
         "inputVolume": "node", "segmentation": "node", "carmTransform": "node", "outputVolume": "node",
         "primaryAngle": "float", "secondaryAngle": "float", "sod": "float", "sdd": "float",
         "rows": "int", "columns": "int", "delx": "float", "dely": "float", "x0": "float", "y0": "float",
-        "detectorPreset": "str", "device": "str", "quality": "int", "boneContrast": "float",
+        "detectorPreset": "str", "device": "str", "sampling": "enum", "quality": "int", "boneContrast": "float",
         "displayMode": "str", "renderSegments": "bool", "live": "bool", "showGeometry": "bool",
     }  # fmt: skip
     assert {name: fields[name][0] for name in expected_kinds if name in fields} == expected_kinds
@@ -384,7 +398,7 @@ def test_bound_widgets_can_represent_their_fields():
         kind, meta, default = fields[name]
         cls = widget.get("class")
         assert cls in CONNECTOR_WIDGETS.get(kind, set()), f"{name}: no GUI connector for {cls} and {kind}"
-        if cls in COMBO_WIDGETS:
+        if cls in COMBO_WIDGETS and kind != "enum":  # an Enum fills the combo from its members
             assert _meta_call(meta, "Choice") is not None, f"{name}: combo boxes need a Choice annotation"
         if cls in SLIDER_WIDGETS:
             assert _meta_call(meta, "WithinRange") is not None, (
@@ -399,6 +413,54 @@ def test_bound_widgets_can_represent_their_fields():
             )
             if default is not None:
                 assert low <= ast.literal_eval(default) <= high, f"{name}: default outside its range"
+
+
+def test_enum_fields_default_to_a_member_and_label_their_combo_items():
+    """The wrapper's QComboBox-to-Enum connector fills the combo with ``EnumClass.label(member)`` (a plain
+    method: a property would not be callable on the class) and stores the member name; the default must be
+    a member of the field's own enum."""
+    enums = module_enums()
+    fields = parameter_fields()
+    classes = {n.name: n for n in module_ast().body if isinstance(n, ast.ClassDef)}
+    wrapper = classes["NanoDRRParameterNode"]
+    annotations = {
+        s.target.id: ast.unparse(s.annotation) for s in wrapper.body if isinstance(s, ast.AnnAssign)
+    }
+    enumFields = {name for name, (kind, _meta, _default) in fields.items() if kind == "enum"}
+    assert "sampling" in enumFields
+    for name in enumFields:
+        cls = enums[annotations[name]]
+        members = [t.id for s in cls.body if isinstance(s, ast.Assign) for t in s.targets]
+        default = fields[name][2]
+        assert default is not None and ast.unparse(default) in {f"{cls.name}.{m}" for m in members}, name
+        labels = [f for f in cls.body if isinstance(f, ast.FunctionDef) and f.name == "label"]
+        assert labels and not labels[0].decorator_list, f"{cls.name}.label must be a plain method"
+        assert [a.arg for a in labels[0].args.args] == ["self"]
+
+
+def test_sampling_choices_are_the_logic_methods_and_the_gui_defaults_to_joseph():
+    enum_values = {
+        t.id: ast.literal_eval(s.value)
+        for s in module_enums()["SamplingMethod"].body
+        if isinstance(s, ast.Assign)
+        for t in s.targets
+    }
+    logic = ast.parse(LOGIC_PY.read_text(encoding="utf-8"))
+    methods = next(
+        ast.literal_eval(n.value)
+        for n in logic.body
+        if isinstance(n, ast.Assign) and any(getattr(t, "id", None) == "METHODS" for t in n.targets)
+    )
+    assert sorted(enum_values.values()) == sorted(methods) == ["joseph", "raymarch"]
+    assert ast.unparse(parameter_fields()["sampling"][2]) == "SamplingMethod.JOSEPH"
+    live_keys = next(
+        n.value
+        for n in module_ast().body
+        if isinstance(n, ast.Assign) and any(getattr(t, "id", None) == "LIVE_KEYS" for t in n.targets)
+    )
+    assert "sampling" in {
+        getattr(e, "value", None) for e in live_keys.elts
+    }  # a change restarts live rendering
 
 
 def test_node_selectors_list_the_field_node_class():

@@ -115,7 +115,17 @@ def poseOf(carmNode) -> np.ndarray:
     return toArray(m)
 
 
-def engineRender(array, voxelToWorld, pose, geometry, label=None, maxLabel=None, nSamples=N_SAMPLES, **mu):
+def engineRender(
+    array,
+    voxelToWorld,
+    pose,
+    geometry,
+    label=None,
+    maxLabel=None,
+    nSamples=N_SAMPLES,
+    method="raymarch",
+    **mu,
+):
     """The engine's own DRR ``[C, H, W]`` of the test's arrays (the reference for the logic)."""
     from nanodrr_engine import DRR, Subject
 
@@ -123,7 +133,9 @@ def engineRender(array, voxelToWorld, pose, geometry, label=None, maxLabel=None,
     g = geometry
     drr = DRR.from_carm_intrinsics(g.sdd, g.delx, g.dely, g.x0, g.y0, g.height, g.width)
     with torch.no_grad():
-        out = drr(subject, torch.as_tensor(pose, dtype=torch.float64)[None], n_samples=nSamples)
+        out = drr(
+            subject, torch.as_tensor(pose, dtype=torch.float64)[None], n_samples=nSamples, method=method
+        )
     return out[0].numpy()
 
 
