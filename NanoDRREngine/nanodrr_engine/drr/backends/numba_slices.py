@@ -12,10 +12,11 @@ those rays (and any ray not of plane form) take the trilinear loop of :mod:`.num
 :func:`slicemarch_rays` fuses the geometry (float64, per ray) with the march: the torch geometry
 costs 4-10 ms for a 256×256 image on 2 cores, more than a tenth of the render.
 
-Measured (2-core VM, 512×512×133 chest CT, 256×256 image, medians): 15-25 % faster than the
-500-sample ray march end to end (AP 25°: 49 vs 67 ms; lateral: 52 vs 56 ms in one run). The march
-is bound by gather latency, not bandwidth: float16 voxels and a plane-by-plane sweep of ray blocks
-(L1-resident planes) were measured and gave nothing.
+Measured (2-core VM, 512×512×133 chest CT, medians, ray march = the 500-sample numba kernel with its
+ray-pair and segment optimisations, same run): 200×200 48 vs 57 ms; 256×256 through the Slicer logic
+4-13 % faster (live C-arm update 63 vs 72 ms); 512×512 no gain (238 vs 236 ms), where the ray march's
+ray pairs reuse more cache. The march is bound by gather latency, not bandwidth: float16 voxels and a
+plane-by-plane sweep of ray blocks (L1-resident planes) were measured and gave nothing.
 
 Forward only: ``render`` sends gradient-requiring and labelmap renders to the torch reference.
 """
