@@ -349,8 +349,10 @@ class NanoDRRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.createCArmButton.enabled = hasVolume and not self._busy
         self.ui.renderButton.enabled = hasVolume and not self._busy
         self.ui.liveCheckBox.enabled = hasVolume and not self._busy
-        usesSamples = bool(p) and self.logic.methodFromParameters(p) == "raymarch"
-        self.ui.qualitySpinBox.enabled = usesSamples  # Joseph sampling ignores the samples per ray
+        # Joseph ignores the samples per ray (on an explicit GPU device the ray march runs instead);
+        # no device resolution here: that would import torch, which may not be installed yet.
+        usesSamples = bool(p) and (p.sampling is SamplingMethod.RAYMARCH or p.device in ("cuda", "mps"))
+        self.ui.qualitySpinBox.enabled = usesSamples
         self.ui.qualityLabel.enabled = usesSamples
         self.ui.renderButton.toolTip = (
             _("Render the DRR at full resolution.") if hasVolume else _("Select a CT volume first.")

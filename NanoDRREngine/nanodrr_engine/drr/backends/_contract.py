@@ -13,18 +13,23 @@ def describe(t) -> str:
     return repr(type(t).__name__) if t is not None else "None"
 
 
-def check_raymarch_args(vol, lab, n_classes, start, delta, step, n_samples) -> None:
-    """Raise ``ValueError`` naming the first argument that breaks the contract.
-
-    Checks shapes, dtypes, counts, devices and int32-indexable sizes; each backend adds its own
-    device and dtype requirements.
-    """
+def check_volume(vol) -> None:
+    """Raise ``ValueError`` unless ``vol`` is a non-empty, int32-indexable floating ``[D, H, W]`` tensor."""
     if not isinstance(vol, torch.Tensor) or vol.dim() != 3 or not vol.is_floating_point():
         raise ValueError(f"vol: expected a floating [D, H, W] tensor, got {describe(vol)}")
     if min(vol.shape) < 1:
         raise ValueError(f"vol: empty volume of shape {tuple(vol.shape)}")
     if vol.numel() > INT32_MAX:
         raise ValueError(f"vol: {vol.numel()} voxels exceed the kernels' int32 indexing")
+
+
+def check_raymarch_args(vol, lab, n_classes, start, delta, step, n_samples) -> None:
+    """Raise ``ValueError`` naming the first argument that breaks the contract.
+
+    Checks shapes, dtypes, counts, devices and int32-indexable sizes; each backend adds its own
+    device and dtype requirements.
+    """
+    check_volume(vol)
     if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
         raise ValueError(f"n_classes: expected an int >= 1, got {n_classes!r}")
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:

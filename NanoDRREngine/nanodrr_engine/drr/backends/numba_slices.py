@@ -28,7 +28,7 @@ import math
 import numpy as np
 import torch
 
-from ._contract import check_raymarch_args
+from ._contract import check_volume
 from .numba_cpu import (
     _F0,
     _FM,
@@ -211,69 +211,6 @@ def _fwd_slice_rays(vol, D, H, W, cam_to_voxel, src, tgt, out, n_groups, chunk):
                 )  # fmt: skip
 
 
-@njit(parallel=True, fastmath=_FM, cache=True)
-def _fwd_slices(vol, D, H, W, start, delta, step, count, out, n_groups, chunk):
-    """``out[r] = step[r] · Σ_{s < count[r]} μ(start[r] + s·delta[r])``.
-
-    Contiguous chunks of rays (neighbours share cache lines) dealt round-robin to one group per
-    thread, as the ray march.
-    """
-    R = step.shape[0]
-    n_chunks = (R + chunk - 1) // chunk
-    for g in prange(n_groups):
-        for ck in range(g, n_chunks, n_groups):
-            for r in range(ck * chunk, min(R, ck * chunk + chunk)):
-                x0, y0, z0 = start[r, 0], start[r, 1], start[r, 2]
-                dx, dy, dz = delta[r, 0], delta[r, 1], delta[r, 2]
-                n = count[r]
-                if step[r] == 0 or n <= 0:
-                    out[r] = _F0
-                elif not _finite_ray(x0, y0, z0, dx, dy, dz):
-                    out[r] = _NAN
-                else:
-                    out[r] = step[r] * _slice_ray(vol, D, H, W, x0, y0, z0, dx, dy, dz, np.int64(n))
-
-
-def slicemarch(
-    vol: torch.Tensor,
-    start: torch.Tensor,
-    delta: torch.Tensor,
-    step: torch.Tensor,
-    count: torch.Tensor,
-) -> torch.Tensor:
-    """Plain (one-channel) slice march on CPU tensors; not differentiable.
-
-    Args:
-        vol: ``[D, H, W]`` μ (float32, float16 or bfloat16 read natively).
-        start, delta: ``[B, N, 3]`` voxel coordinates of each ray's first sample and increment.
-        step: ``[B, N]`` mm per sample (0: the ray is skipped). count: ``[B, N]`` samples per ray.
-
-    Returns:
-        ``[B, 1, N]`` float32 line integrals.
-    """
-    if not is_available():
-        raise RuntimeError(f"numba backend: numba could not be imported ({_IMPORT_ERROR!r})")
-    n_max = int(count.max()) if count.numel() else 1
-    check_raymarch_args(vol, None, 1, start, delta, step, max(1, n_max))
-    if count.shape != step.shape or count.is_floating_point():
-        raise ValueError(f"count: expected an integer tensor of shape {tuple(step.shape)}")
-    if vol.device.type != "cpu":
-        raise ValueError(f"vol: the numba backend runs on CPU tensors, got device {vol.device}")
-    if vol.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        vol = vol.float()
-    D, H, W = vol.shape
-    B, N = step.shape
-    st, de, sp = (t.detach().to(torch.float32).contiguous() for t in (start, delta, step))
-    cnt = count.detach().to(torch.int32).contiguous().reshape(-1).numpy()
-    out = torch.empty(B, 1, N, dtype=torch.float32)
-    threads = _threads()
-    _fwd_slices(
-        _vol_np(vol.detach().contiguous()), D, H, W, st.reshape(-1, 3).numpy(), de.reshape(-1, 3).numpy(),
-        sp.reshape(-1).numpy(), cnt, out.view(-1).numpy(), threads, max(64, -(-B * N // (8 * threads))),
-    )  # fmt: skip
-    return out
-
-
 def slicemarch_rays(
     vol: torch.Tensor, cam_to_voxel: torch.Tensor, src: torch.Tensor, tgt: torch.Tensor
 ) -> torch.Tensor:
@@ -284,11 +221,11 @@ def slicemarch_rays(
         cam_to_voxel: ``[B | 1, 4, 4]``. src: ``[B | 1, N | 1, 3]``; tgt: ``[B | 1, N, 3]`` (camera mm).
 
     Returns:
-        ``[B, 1, N]`` float32, equal to ``slicemarch`` of :func:`~nanodrr_engine.drr.rays.slice_geometry`.
+        ``[B, 1, N]`` float32: ``torch_ref.raymarch(..., count=)`` on :func:`~nanodrr_engine.drr.rays.slice_geometry`.
     """
     if not is_available():
         raise RuntimeError(f"numba backend: numba could not be imported ({_IMPORT_ERROR!r})")
-    check_raymarch_args(vol, None, 1, tgt[:1], tgt[:1], tgt[:1, :, 0], 1)
+    check_volume(vol)
     if vol.device.type != "cpu":
         raise ValueError(f"vol: the numba backend runs on CPU tensors, got device {vol.device}")
     if vol.dtype not in (torch.float32, torch.float16, torch.bfloat16):
