@@ -211,6 +211,29 @@ if _IMPORT_ERROR is None:
         return types.UniTuple(types.float32, 2)(arr, idx), codegen
 
     @intrinsic
+    def _ld_code_pair(typingctx, arr, idx):
+        """``(arr.flat[idx], arr.flat[idx + 1])`` of a uint16 array of fixed-point codes, as float32
+        integers, with one 32-bit load (vectorises to dword gathers; the caller applies the scale)."""
+        if (
+            not isinstance(arr, types.Array)
+            or arr.dtype != types.uint16
+            or not isinstance(idx, types.Integer)
+        ):
+            return None
+
+        def codegen(context, builder, sig, args):
+            a = context.make_array(sig.args[0])(context, builder, args[0])
+            ptr = builder.gep(a.data, [_as_i64(builder, args[1], sig.args[1])], inbounds=True)
+            v = builder.load(builder.bitcast(ptr, _I32.as_pointer()), align=2)
+            lo = builder.and_(v, _ir.Constant(_I32, 0xFFFF))
+            hi = builder.lshr(v, _ir.Constant(_I32, 16))
+            f32 = _ir.FloatType()
+            lo, hi = builder.sitofp(lo, f32), builder.sitofp(hi, f32)  # both < 2**16: exact
+            return context.make_tuple(builder, sig.return_type, [lo, hi])
+
+        return types.UniTuple(types.float32, 2)(arr, idx), codegen
+
+    @intrinsic
     def _wide_vectors(typingctx):
         """Let LLVM vectorise the calling function with 512-bit registers where the CPU has them.
 
@@ -358,7 +381,7 @@ if _IMPORT_ERROR is None:
         return None
 
 else:  # pragma: no cover - the kernels are never compiled without numba
-    _ld = _ld_label = _ld_pair = _st = _pst = _pld = None
+    _ld = _ld_label = _ld_pair = _ld_code_pair = _st = _pst = _pld = None
     _flat32 = _add32 = _stack_f32 = _stack_i32 = _wide_vectors = _change_bits = _cttz = None
 
 
