@@ -4,6 +4,8 @@ reference or a bound derived by hand."""
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import pytest
 import torch
@@ -66,6 +68,10 @@ def test_codes_are_cached_per_volume_and_redone_after_an_in_place_edit(ns):
     assert edited[1] == pytest.approx(2.0 * first[1], rel=1e-6)
     other = ns.fixed_point_codes(base[0, 0, 1:])  # a different view: its own codes
     assert other[0].size == 5 * 7 * 8
+    n_cached = len(ns._codes_cache)
+    del base
+    gc.collect()
+    assert len(ns._codes_cache) == n_cached - 2  # a freed volume's codes are dropped with it
 
 
 # --- lockstep quads -----------------------------------------------------------------------------

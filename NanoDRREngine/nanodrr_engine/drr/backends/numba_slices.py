@@ -593,7 +593,9 @@ def fixed_point_codes(vol: torch.Tensor) -> tuple[np.ndarray, float] | None:
     scale = hi / _CODE_MAX
     codes = np.empty(vol.numel(), np.uint16)
     _encode(_vol_np(vol.detach().contiguous()), np.float32(1.0 / scale), codes)
-    _codes_cache[key] = (weakref.ref(base), vol._version, codes, scale)
+    # the entry goes with the volume: a freed μ volume's codes are not kept until evicted
+    ref = weakref.ref(base, lambda _, key=key: _codes_cache.pop(key, None))
+    _codes_cache[key] = (ref, vol._version, codes, scale)
     while len(_codes_cache) > _CACHED_VOLUMES:
         _codes_cache.popitem(last=False)
     return codes, scale
