@@ -162,15 +162,6 @@ def _anywhere(code, H, W, p, sf, q):
     return c0 + tz * (c1 - c0)
 
 
-@njit(fastmath=_FMV, cache=True, inline="always")
-def _sample(code, H, W, axis, p, sf, q):
-    if axis == 1:
-        return _on_j_plane(code, H, W, p, sf, q)
-    if axis == 2:
-        return _on_k_plane(code, H, W, p, sf, q)
-    return _anywhere(code, H, W, p, sf, q)
-
-
 # ---------------------------------------------------------------------------------------------
 # Interior loops: branch-free, vectorised across samples (one loop per plane axis).
 # ---------------------------------------------------------------------------------------------
