@@ -101,6 +101,13 @@ def render(
         out = _joseph(vol, lab, C, cam_to_voxel, src, tgt, subject.shape, backend)
         return out.reshape(B, C, height, width)
 
+    if not soft:
+        name, op = resolve_backend(backend, device, vol.dtype)
+        if name == "numba" and not _needs_grad(vol, cam_to_voxel, src, tgt):
+            from .backends.numba_camera import raymarch_rays  # geometry fused into the march
+
+            out = raymarch_rays(vol, lab, C, cam_to_voxel, src, tgt, n_samples)
+            return out.reshape(B, C, height, width)
     start, delta, step = sample_geometry(cam_to_voxel.expand(B, 4, 4), src, tgt, subject.shape, n_samples)
     if soft:
         if backend not in ("auto", "torch"):
@@ -111,7 +118,6 @@ def render(
 
         out = ref(vol, lab, C, start.float(), delta.float(), step.float(), n_samples, soft_labels=True)
     else:
-        name, op = resolve_backend(backend, device, vol.dtype)
         if name != "torch":  # the fused kernels take float32 geometry
             start, delta, step = start.float(), delta.float(), step.float()
         extra = {"width": width} if name == "triton" else {}  # pixel tiles for GPU cache locality
@@ -123,8 +129,7 @@ def _joseph(vol, lab, C, cam_to_voxel, src, tgt, shape, backend: str) -> torch.T
     """Joseph's render: the fused numba kernel for plain CPU renders without gradients, else the
     torch reference on ``slice_geometry``'s samples (labelmaps, gradients, GPUs)."""
     name, _ = resolve_backend(backend, vol.device, vol.dtype)  # validates the name for this device
-    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (vol, cam_to_voxel, src, tgt))
-    if name == "numba" and lab is None and not grad:
+    if name == "numba" and lab is None and not _needs_grad(vol, cam_to_voxel, src, tgt):
         from .backends.numba_slices import slicemarch_rays
 
         return slicemarch_rays(vol, cam_to_voxel, src, tgt)
@@ -136,3 +141,8 @@ def _joseph(vol, lab, C, cam_to_voxel, src, tgt, shape, backend: str) -> torch.T
     start, delta, step, count = slice_geometry(cam_to_voxel.expand(B, 4, 4), src, tgt, shape)
     n = max(1, int(count.max())) if count.numel() else 1
     return ref(vol, lab, C, start.float(), delta.float(), step.float(), n, count=count)
+
+
+def _needs_grad(*tensors: torch.Tensor) -> bool:
+    """Whether autograd will want gradients through the render (the fused paths are forward-only)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)

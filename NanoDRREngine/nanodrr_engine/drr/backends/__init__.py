@@ -1,8 +1,10 @@
 """Swappable ray-march kernels.
 
 Every backend implements one differentiable op with the same contract, so ``render`` does the
-geometry (camera → voxel transform, slab clipping, step size) once in plain torch and the
-kernels only march.
+geometry (camera → voxel transform, slab clipping, step size) once in plain torch, where autograd
+reaches it, and the kernels only march. CPU forwards that need no gradient skip the per-ray tensors:
+``numba_camera`` (ray march) and ``numba_slices`` (Joseph) compute the same geometry per chunk of
+rays inside the kernel.
 
 ``raymarch(vol, lab, n_classes, start, delta, step, n_samples) -> out``
 

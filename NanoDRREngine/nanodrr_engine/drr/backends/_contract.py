@@ -23,23 +23,13 @@ def check_volume(vol) -> None:
         raise ValueError(f"vol: {vol.numel()} voxels exceed the kernels' int32 indexing")
 
 
-def check_raymarch_args(vol, lab, n_classes, start, delta, step, n_samples) -> None:
-    """Raise ``ValueError`` naming the first argument that breaks the contract.
-
-    Checks shapes, dtypes, counts, devices and int32-indexable sizes; each backend adds its own
-    device and dtype requirements.
-    """
+def check_march_args(vol, lab, n_classes, n_samples) -> None:
+    """Raise ``ValueError`` naming the first of the volume, labels and counts that breaks the contract."""
     check_volume(vol)
     if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
         raise ValueError(f"n_classes: expected an int >= 1, got {n_classes!r}")
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
         raise ValueError(f"n_samples: expected an int >= 1, got {n_samples!r}")
-    if not isinstance(start, torch.Tensor) or start.dim() != 3 or start.shape[-1] != 3:
-        raise ValueError(f"start: expected a [B, N, 3] tensor, got {describe(start)}")
-    if not isinstance(delta, torch.Tensor) or delta.shape != start.shape:
-        raise ValueError(f"delta: expected shape {tuple(start.shape)} (as start), got {describe(delta)}")
-    if not isinstance(step, torch.Tensor) or step.shape != start.shape[:2]:
-        raise ValueError(f"step: expected shape {tuple(start.shape[:2])}, got {describe(step)}")
     if n_classes > 1:
         if not isinstance(lab, torch.Tensor) or lab.shape != vol.shape:
             raise ValueError(
@@ -47,14 +37,31 @@ def check_raymarch_args(vol, lab, n_classes, start, delta, step, n_samples) -> N
             )
         if lab.is_floating_point() or lab.is_complex():
             raise ValueError(f"lab: expected an integer tensor, got {lab.dtype}")
+        if lab.device != vol.device:
+            raise ValueError(f"lab: on {lab.device}, but vol is on {vol.device}")
+
+
+def check_raymarch_args(vol, lab, n_classes, start, delta, step, n_samples) -> None:
+    """Raise ``ValueError`` naming the first argument that breaks the contract.
+
+    Checks shapes, dtypes, counts, devices and int32-indexable sizes; each backend adds its own
+    device and dtype requirements.
+    """
+    check_march_args(vol, lab, n_classes, n_samples)
+    if not isinstance(start, torch.Tensor) or start.dim() != 3 or start.shape[-1] != 3:
+        raise ValueError(f"start: expected a [B, N, 3] tensor, got {describe(start)}")
+    if not isinstance(delta, torch.Tensor) or delta.shape != start.shape:
+        raise ValueError(f"delta: expected shape {tuple(start.shape)} (as start), got {describe(delta)}")
+    if not isinstance(step, torch.Tensor) or step.shape != start.shape[:2]:
+        raise ValueError(f"step: expected shape {tuple(start.shape[:2])}, got {describe(step)}")
     B, N, _ = start.shape
-    if B * n_classes * N > INT32_MAX or 3 * B * N > INT32_MAX:
-        raise ValueError(f"start: {B}×{N} rays × {n_classes} classes exceed the kernels' int32 indexing")
-    for name, t in (
-        ("lab", lab if n_classes > 1 else None),
-        ("start", start),
-        ("delta", delta),
-        ("step", step),
-    ):
-        if t is not None and t.device != vol.device:
+    check_ray_count(B, N, n_classes, "start")
+    for name, t in (("start", start), ("delta", delta), ("step", step)):
+        if t.device != vol.device:
             raise ValueError(f"{name}: on {t.device}, but vol is on {vol.device}")
+
+
+def check_ray_count(B: int, N: int, n_classes: int, name: str) -> None:
+    """Raise ``ValueError`` (naming ``name``) when ``B × N`` rays overflow the kernels' int32 indexing."""
+    if B * n_classes * N > INT32_MAX or 3 * B * N > INT32_MAX:
+        raise ValueError(f"{name}: {B}×{N} rays × {n_classes} classes exceed the kernels' int32 indexing")

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from ._contract import check_volume
+from .numba_camera import _clip, _to_voxel, camera_arrays
 from .numba_cpu import (
     _F0,
     _FM,
@@ -288,18 +289,7 @@ def _slice_setup(ax, ay, az, bx, by, bz, D, H, W):
     Returns ``(x0, y0, z0, dx, dy, dz, mm per sample per mm of ray, count)``.
     """
     rx, ry, rz = bx - ax, by - ay, bz - az
-    t0, t1 = 0.0, 1.0
-    for p, r, size in ((ax, rx, W), (ay, ry, H), (az, rz, D)):
-        if abs(r) < 1e-150:
-            if not (p >= -1.0 and p <= size):
-                return 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0
-            continue
-        ta = (-1.0 - p) / r
-        tb = (size - p) / r
-        t0 = max(t0, min(ta, tb))
-        t1 = min(t1, max(ta, tb))
-    t0 = min(max(t0, 0.0), 1.0)
-    t1 = min(max(t1, 0.0), 1.0)
+    t0, t1 = _clip(ax, ay, az, rx, ry, rz, D, H, W)
     if not t1 > t0:  # misses (or grazes) the box
         return 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0
     # the dominant axis: the first of the largest |ray| (as torch's argmax)
@@ -336,42 +326,7 @@ def _camera_ray(D, H, W, M, s, t):
     (mm per sample) and the sample count; ``n = 0`` for a miss (line integral 0) and ``n = -1``
     for a non-finite ray (NaN).
     """
-    ax = M[0, 0] * s[0] + M[0, 1] * s[1] + M[0, 2] * s[2] + M[0, 3]
-    ay = M[1, 0] * s[0] + M[1, 1] * s[1] + M[1, 2] * s[2] + M[1, 3]
-    az = M[2, 0] * s[0] + M[2, 1] * s[1] + M[2, 2] * s[2] + M[2, 3]
-    bx = M[0, 0] * t[0] + M[0, 1] * t[1] + M[0, 2] * t[2] + M[0, 3]
-    by = M[1, 0] * t[0] + M[1, 1] * t[1] + M[1, 2] * t[2] + M[1, 3]
-    bz = M[2, 0] * t[0] + M[2, 1] * t[1] + M[2, 2] * t[2] + M[2, 3]
-    length = math.sqrt((t[0] - s[0]) ** 2 + (t[1] - s[1]) ** 2 + (t[2] - s[2]) ** 2)
-    x0, y0, z0, dx, dy, dz, inv, cnt = _slice_setup(ax, ay, az, bx, by, bz, D, H, W)
-    p = (np.float32(x0), np.float32(y0), np.float32(z0), np.float32(dx), np.float32(dy), np.float32(dz))
-    if cnt > 0 and not (_finite_ray(x0, y0, z0, dx, dy, dz) and math.isfinite(length)):
-        cnt = -1
-    return p, np.float32(length * inv), np.int64(cnt)
-
-
-@njit(fastmath=_FM, cache=True)
-def _finish(acc, scale, n):
-    if n < 0:
-        return _NAN
-    return scale * acc if n > 0 else _F0
-
-
-@njit(fastmath=_FM, cache=True)
-def _camera_ray(D, H, W, M, s, t):
-    """Joseph's samples of camera-space ``s → t`` (``M``: camera → voxel, float64).
-
-    Returns ``(p, scale, n)``: ``p`` = (x0, y0, z0, dx, dy, dz) in float32, the sum's factor
-    (mm per sample) and the sample count; ``n = 0`` for a miss (line integral 0) and ``n = -1``
-    for a non-finite ray (NaN).
-    """
-    ax = M[0, 0] * s[0] + M[0, 1] * s[1] + M[0, 2] * s[2] + M[0, 3]
-    ay = M[1, 0] * s[0] + M[1, 1] * s[1] + M[1, 2] * s[2] + M[1, 3]
-    az = M[2, 0] * s[0] + M[2, 1] * s[1] + M[2, 2] * s[2] + M[2, 3]
-    bx = M[0, 0] * t[0] + M[0, 1] * t[1] + M[0, 2] * t[2] + M[0, 3]
-    by = M[1, 0] * t[0] + M[1, 1] * t[1] + M[1, 2] * t[2] + M[1, 3]
-    bz = M[2, 0] * t[0] + M[2, 1] * t[1] + M[2, 2] * t[2] + M[2, 3]
-    length = math.sqrt((t[0] - s[0]) ** 2 + (t[1] - s[1]) ** 2 + (t[2] - s[2]) ** 2)
+    ax, ay, az, bx, by, bz, length = _to_voxel(M, s, t)
     x0, y0, z0, dx, dy, dz, inv, cnt = _slice_setup(ax, ay, az, bx, by, bz, D, H, W)
     p = (np.float32(x0), np.float32(y0), np.float32(z0), np.float32(dx), np.float32(dy), np.float32(dz))
     if cnt > 0 and not (_finite_ray(x0, y0, z0, dx, dy, dz) and math.isfinite(length)):
@@ -619,7 +574,7 @@ def slicemarch_rays(
         vol = vol.float()
     B = max(cam_to_voxel.shape[0], src.shape[0], tgt.shape[0])
     N = tgt.shape[1]
-    m, s, t = (x.detach().to(torch.float64).contiguous().numpy() for x in (cam_to_voxel, src, tgt))
+    m, s, t = camera_arrays(cam_to_voxel, src, tgt)
     out = torch.empty(B, 1, N, dtype=torch.float32)
     D, H, W = vol.shape
     flat = _vol_np(vol.detach().contiguous())

@@ -1,0 +1,218 @@
+"""Fused camera-ray forward (numba): the ray march straight from camera rays, no per-ray tensors.
+
+``render`` builds each ray's samples (``start``, ``delta``, ``step`` of
+:func:`~nanodrr_engine.drr.rays.sample_geometry`) in torch, where autograd reaches them. A forward
+without gradients does not need them as tensors: here each chunk of rays gets its geometry computed
+in float64 (the same clipping and midpoint samples, rounded to float32 as ``render`` hands them to
+the kernel) into a small buffer just before the march of ``numba_cpu`` runs on it. At 512×512 the
+torch geometry's temporaries were ~40 MB; now a render's extra memory is its output and one chunk's
+buffer per thread (~0.5 MB).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ._contract import check_march_args, check_ray_count
+from .numba_cpu import (
+    _FM,
+    _IMPORT_ERROR,
+    _LABEL_DTYPES,
+    _labels_rays,
+    _plain_rays,
+    _schedule,
+    _vol_np,
+    is_available,
+    njit,
+    prange,
+)
+
+#: ``sqrt(float64 tiny)``: ray components below it are treated as this (as ``rays._clipped_rays``).
+_TINY = math.sqrt(np.finfo(np.float64).tiny)
+
+
+@njit(fastmath=_FM, cache=True)
+def _to_voxel(M, s, t):
+    """Camera-space ray ``s → t`` (mm; float32 or float64) in voxel coordinates, in float64:
+    ``(ax, ay, az, bx, by, bz, length mm)``."""
+    s0, s1, s2 = np.float64(s[0]), np.float64(s[1]), np.float64(s[2])
+    t0, t1, t2 = np.float64(t[0]), np.float64(t[1]), np.float64(t[2])
+    ax = M[0, 0] * s0 + M[0, 1] * s1 + M[0, 2] * s2 + M[0, 3]
+    ay = M[1, 0] * s0 + M[1, 1] * s1 + M[1, 2] * s2 + M[1, 3]
+    az = M[2, 0] * s0 + M[2, 1] * s1 + M[2, 2] * s2 + M[2, 3]
+    bx = M[0, 0] * t0 + M[0, 1] * t1 + M[0, 2] * t2 + M[0, 3]
+    by = M[1, 0] * t0 + M[1, 1] * t1 + M[1, 2] * t2 + M[1, 3]
+    bz = M[2, 0] * t0 + M[2, 1] * t1 + M[2, 2] * t2 + M[2, 3]
+    length = math.sqrt((t0 - s0) ** 2 + (t1 - s1) ** 2 + (t2 - s2) ** 2)
+    return ax, ay, az, bx, by, bz, length
+
+
+@njit(fastmath=_FM, cache=True)
+def _clip(ax, ay, az, rx, ry, rz, D, H, W):
+    """``(t0, t1)``, ``0 ≤ t0 ≤ t1 ≤ 1``: the part of ``a + t·r`` inside the trilinear support, the
+    voxel-index box ``[−1, S]`` per axis (slab method, as ``rays._clipped_rays``)."""
+    t0 = -np.inf
+    t1 = np.inf
+    for p, r, size in ((ax, rx, W), (ay, ry, H), (az, rz, D)):
+        safe = _TINY if abs(r) < _TINY else r
+        ta = (-1.0 - p) / safe
+        tb = (size - p) / safe
+        t0 = max(t0, min(ta, tb))
+        t1 = min(t1, max(ta, tb))
+    t0 = min(max(t0, 0.0), 1.0)
+    t1 = min(max(t1, 0.0), 1.0)
+    return t0, max(t1, t0)
+
+
+@njit(fastmath=_FM, cache=True)
+def _camera_rays(M, src, tgt, N, D, H, W, n, r0, end, start, delta, step):
+    """``sample_geometry`` of rays ``r0 ≤ r < end`` (pixel ``r % N`` of image ``r // N``) into
+    ``start[r − r0]``, ``delta[r − r0]``, ``step[r − r0]`` (float32); non-finite rays get NaN."""
+    for r in range(r0, end):
+        b = r // N
+        i = r - b * N
+        sb = src[b if src.shape[0] > 1 else 0]
+        ax, ay, az, bx, by, bz, length = _to_voxel(
+            M[b if M.shape[0] > 1 else 0],
+            sb[i if sb.shape[0] > 1 else 0],
+            tgt[b if tgt.shape[0] > 1 else 0, i],
+        )
+        k = r - r0
+        if not (
+            math.isfinite(ax + ay + az) and math.isfinite(bx + by + bz) and math.isfinite(length)
+        ):  # the march outputs NaN for a ray with step != 0 and non-finite samples
+            for c in range(3):
+                start[k, c] = np.nan
+                delta[k, c] = np.nan
+            step[k] = np.nan
+            continue
+        rx, ry, rz = bx - ax, by - ay, bz - az
+        t0, t1 = _clip(ax, ay, az, rx, ry, rz, D, H, W)
+        frac = (t1 - t0) / n
+        th = t0 + 0.5 * frac
+        start[k, 0] = ax + th * rx
+        start[k, 1] = ay + th * ry
+        start[k, 2] = az + th * rz
+        delta[k, 0] = frac * rx
+        delta[k, 1] = frac * ry
+        delta[k, 2] = frac * rz
+        step[k] = length * frac
+
+
+@njit(parallel=True, fastmath=_FM, cache=True)
+def _fwd_camera(vol, lab, C, D, H, W, M, src, tgt, N, n, out, n_groups, chunk):
+    """``out``: the ray march of every camera ray, chunk by chunk (scheduled as ``_fwd_plain``);
+    flat ``[B, C, N]``, zeroed when there are labels (``lab`` is None for one channel)."""
+    R = out.shape[0] // C
+    n_chunks = (R + chunk - 1) // chunk
+    for g in prange(n_groups):
+        start = np.empty((chunk, 3), np.float32)
+        delta = np.empty((chunk, 3), np.float32)
+        step = np.empty(chunk, np.float32)
+        for ck in range(g, n_chunks, n_groups):
+            r0 = ck * chunk
+            m = min(R, r0 + chunk) - r0
+            _camera_rays(M, src, tgt, N, D, H, W, n, r0, r0 + m, start, delta, step)
+            if lab is not None:  # resolved at compile time
+                _labels_rays(vol, lab, D, H, W, C, N, start, delta, step, n, 0, m, out, r0)
+            else:
+                _plain_rays(vol, D, H, W, start, delta, step, n, 0, m, out, r0)
+
+
+def camera_arrays(cam_to_voxel: torch.Tensor, src: torch.Tensor, tgt: torch.Tensor):
+    """NumPy views for the kernels: the transform in float64, the ray ends as they are when float32
+    or float64 (a float64 copy of ``tgt`` would cost 6 MB at 512×512; the kernels promote per ray)."""
+    m = cam_to_voxel.detach().to(torch.float64).contiguous().numpy()
+    s, t = (
+        x.detach().contiguous().numpy()
+        if x.dtype in (torch.float32, torch.float64)
+        else x.detach().double().numpy()
+        for x in (src, tgt)
+    )
+    if s.dtype != t.dtype:  # one kernel per dtype pair is enough
+        s = s.astype(np.float64)
+        t = t.astype(np.float64)
+    return m, s, t
+
+
+def raymarch_rays(
+    vol: torch.Tensor,
+    lab: torch.Tensor | None,
+    n_classes: int,
+    cam_to_voxel: torch.Tensor,
+    src: torch.Tensor,
+    tgt: torch.Tensor,
+    n_samples: int,
+) -> torch.Tensor:
+    """The ray march of camera rays, geometry and march fused (forward only, no autograd).
+
+    Args:
+        vol: ``[D, H, W]`` μ on the CPU (float32, float16 or bfloat16 read natively).
+        lab: ``[D, H, W]`` integer labels, or ``None`` (required when ``n_classes > 1``).
+        n_classes: ``C >= 1`` output channels.
+        cam_to_voxel: ``[B | 1, 4, 4]``. src: ``[B | 1, N | 1, 3]``; tgt: ``[B | 1, N, 3]`` (camera mm).
+        n_samples: ``S >= 1`` midpoint samples per ray.
+
+    Returns:
+        ``[B, C, N]`` float32: ``numba_cpu.raymarch`` on :func:`~nanodrr_engine.drr.rays.sample_geometry`.
+    """
+    if not is_available():
+        raise RuntimeError(f"numba backend: numba could not be imported ({_IMPORT_ERROR!r})")
+    check_march_args(vol, lab, n_classes, n_samples)
+    if vol.device.type != "cpu":
+        raise ValueError(f"vol: the numba backend runs on CPU tensors, got device {vol.device}")
+    if vol.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        vol = vol.float()
+    if n_classes > 1:
+        if lab.dtype not in _LABEL_DTYPES or lab.numel() < 4:  # as numba_cpu.raymarch
+            lab = lab.to(torch.int64)
+        lab = lab.detach().contiguous()
+    else:
+        lab = None  # one channel: every sample goes to channel 0
+    check_ray_count(max(cam_to_voxel.shape[0], src.shape[0], tgt.shape[0]), tgt.shape[1], n_classes, "tgt")
+    return _rays_op(vol.detach().contiguous(), lab, n_classes, cam_to_voxel, src, tgt, n_samples)
+
+
+def _rays_impl(vol, lab, n_classes, cam_to_voxel, src, tgt, n_samples):
+    B = max(cam_to_voxel.shape[0], src.shape[0], tgt.shape[0])
+    N = tgt.shape[1]
+    m, s, t = camera_arrays(cam_to_voxel, src, tgt)
+    out = (torch.zeros if n_classes > 1 else torch.empty)(B, n_classes, N, dtype=torch.float32)
+    D, H, W = vol.shape
+    lab_np = None if lab is None else lab.reshape(-1).numpy()
+    _fwd_camera(
+        _vol_np(vol),
+        lab_np,
+        n_classes,
+        D,
+        H,
+        W,
+        m,
+        s,
+        t,
+        N,
+        n_samples,
+        out.view(-1).numpy(),
+        *_schedule(B * N),
+    )
+    return out
+
+
+# Opaque to torch.compile, as the other numba ops (forward only: render sends gradients elsewhere).
+_rays_op = torch.library.custom_op(
+    "nanodrr_engine::numba_raymarch_rays",
+    _rays_impl,
+    mutates_args=(),
+    device_types="cpu",
+    schema="(Tensor vol, Tensor? lab, int n_classes, Tensor cam_to_voxel, Tensor src, Tensor tgt, "
+    "int n_samples) -> Tensor",
+)
+
+
+@_rays_op.register_fake
+def _(vol, lab, n_classes, cam_to_voxel, src, tgt, n_samples):
+    B = max(cam_to_voxel.shape[0], src.shape[0], tgt.shape[0])
+    return vol.new_empty(B, n_classes, tgt.shape[1], dtype=torch.float32)
