@@ -13,6 +13,7 @@ import pytest
 import torch
 from contract_reference import numpy_raymarch
 from nanodrr_engine import DRR, Subject, make_rt_inv
+from nanodrr_engine.drr.backends import numba_cpu
 from nanodrr_engine.drr.rays import make_src, make_tgt, sample_geometry
 from nanodrr_engine.drr.render import render
 
@@ -122,8 +123,41 @@ def test_rays_that_miss_give_zero_and_non_finite_rays_give_nan():
     torch.testing.assert_close(out[rest], before[rest], rtol=0, atol=0)
 
 
-def test_render_uses_the_fused_path_without_gradients_and_torch_geometry_with_them(monkeypatch):
-    """Both routes give the same image; only the one that needs autograd builds per-ray tensors."""
+@pytest.mark.parametrize("orthographic", [False, True])
+@pytest.mark.parametrize("labels", [False, True])
+def test_pose_gradient_matches_autograd_through_the_torch_geometry(labels, orthographic):
+    """The backward kernel's hand-written chain rule (samples → clipping → camera → voxel matrix)
+    against torch autograd through ``sample_geometry`` into the numba march (itself tested against
+    independent references): two poses, rays that enter through different faces, a weighted loss."""
+    vol, lab = volume(5)
+    C = 6 if labels else 1
+    lab_ = lab if labels else None
+    m, src, tgt = camera([[5.0, 3.0, 0.0], [33.0, 21.0, -7.0]], 9, 13, orthographic)
+    w = torch.randn(2, C, 117, generator=torch.Generator().manual_seed(0))
+    fused = m.clone().requires_grad_(True)
+    (numba_camera.raymarch_rays(vol, lab_, C, fused, src, tgt, 97) * w).sum().backward()
+    traced = m.clone().requires_grad_(True)
+    start, delta, step = sample_geometry(traced, src, tgt, SHAPE, 97)
+    (numba_cpu.raymarch(vol, lab_, C, start.float(), delta.float(), step.float(), 97) * w).sum().backward()
+    assert traced.grad[:, :3].abs().min() > 0  # every entry of the 3×4 part has a gradient to check
+    torch.testing.assert_close(fused.grad, traced.grad, rtol=1e-6, atol=1e-6 * float(traced.grad.abs().max()))
+
+
+def test_pose_gradient_of_one_pose_sums_over_a_batch_of_detectors():
+    vol, _ = volume(6)
+    m, src, tgt = camera([[12.0, -4.0, 2.0]], 7, 8)
+    tgt = torch.cat([tgt, tgt * 0.9])
+    parts = []
+    for t in (tgt[:1], tgt[1:], tgt):
+        mm = m.clone().requires_grad_(True)
+        numba_camera.raymarch_rays(vol, None, 1, mm, src, t, 60).sum().backward()
+        parts.append(mm.grad)
+    assert parts[2].shape == (1, 4, 4)
+    torch.testing.assert_close(parts[2], parts[0] + parts[1])
+
+
+def test_render_routes_forwards_and_pose_gradients_fused_and_volume_gradients_through_torch(monkeypatch):
+    """All three give the same image; the volume gradient needs the torch geometry (and gets it)."""
     vol, _ = volume(3)
     subject = Subject.from_array(vol.numpy(), np.diag([1.5, 1.2, 2.0, 1.0]), convert_to_mu=False)
     k_inv = torch.linalg.inv(torch.tensor([[400.0, 0, 8], [0, 400.0, 6], [0, 0, 1]], dtype=torch.float64))
@@ -134,15 +168,34 @@ def test_render_uses_the_fused_path_without_gradients_and_torch_geometry_with_th
     original = numba_camera.raymarch_rays
     monkeypatch.setattr(numba_camera, "raymarch_rays", lambda *a: calls.append(1) or original(*a))
     fused = render(subject, k_inv, rt, 300.0, 12, 16, n_samples=80, backend="numba")
-    assert calls == [1]
+    assert len(calls) == 1 and not fused.requires_grad
     rt_grad = rt.clone().requires_grad_(True)
-    traced = render(subject, k_inv, rt_grad, 300.0, 12, 16, n_samples=80, backend="numba")
-    assert calls == [1] and traced.requires_grad
-    torch.testing.assert_close(fused, traced.detach(), rtol=1e-5, atol=1e-6)
+    posed = render(subject, k_inv, rt_grad, 300.0, 12, 16, n_samples=80, backend="numba")
+    assert len(calls) == 2 and posed.requires_grad
+    posed.sum().backward()
+    assert rt_grad.grad.abs().sum() > 0
+    subject._image_hu = subject._image_hu.detach().clone().requires_grad_(True)  # a volume gradient
+    traced = render(subject, k_inv, rt, 300.0, 12, 16, n_samples=80, backend="numba")
+    assert len(calls) == 2 and traced.requires_grad
+    traced.sum().backward()
+    assert subject._image_hu.grad.abs().sum() > 0
+    for img in (posed, traced):
+        torch.testing.assert_close(fused, img.detach(), rtol=1e-5, atol=1e-6)
     tgt = make_tgt(k_inv[None], torch.tensor([300.0], dtype=torch.float64), 12, 16)
     src = make_src(False, tgt, torch.tensor([300.0]))
     ref = reference(vol, None, 1, subject.world_to_voxel.double() @ rt, src, tgt, 80)
     assert_close(fused.reshape(1, 1, -1), ref)
+
+
+def test_only_pose_gradients_are_fused():
+    vol, _ = volume()
+    m, src, tgt = camera([[0.0, 0.0, 0.0]], 4, 4)
+    with pytest.raises(ValueError, match=r"vol: requires grad.*cam_to_voxel only"):
+        numba_camera.raymarch_rays(vol.clone().requires_grad_(True), None, 1, m, src, tgt, 10)
+    with pytest.raises(ValueError, match="tgt: requires grad"):
+        numba_camera.raymarch_rays(vol, None, 1, m, src, tgt.clone().requires_grad_(True), 10)
+    with torch.no_grad():  # no autograd: nothing to refuse
+        numba_camera.raymarch_rays(vol.clone().requires_grad_(True), None, 1, m, src, tgt, 10)
 
 
 def test_bad_arguments_name_the_parameter():
@@ -167,3 +220,7 @@ def test_opaque_to_torch_compile_without_graph_breaks():
 
     compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(compiled(vol, m), f(vol, m))
+    m_c, m_e = m.clone().requires_grad_(True), m.clone().requires_grad_(True)
+    compiled(vol, m_c).sum().backward()
+    f(vol, m_e).sum().backward()
+    torch.testing.assert_close(m_c.grad, m_e.grad)

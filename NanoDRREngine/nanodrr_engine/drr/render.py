@@ -103,8 +103,9 @@ def render(
 
     if not soft:
         name, op = resolve_backend(backend, device, vol.dtype)
-        if name == "numba" and not _needs_grad(vol, cam_to_voxel, src, tgt):
-            from .backends.numba_camera import raymarch_rays  # geometry fused into the march
+        if name == "numba" and not _needs_grad(vol, src, tgt):
+            # geometry fused into the march (and its pose gradient into the backward kernel)
+            from .backends.numba_camera import raymarch_rays
 
             out = raymarch_rays(vol, lab, C, cam_to_voxel, src, tgt, n_samples)
             return out.reshape(B, C, height, width)

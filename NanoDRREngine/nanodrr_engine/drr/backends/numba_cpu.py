@@ -1074,9 +1074,9 @@ def _fwd_labels(vol, lab, D, H, W, C, N, start, delta, step, n, out, n_groups, c
 
 @njit(fastmath=_FM, cache=True)
 def _bwd_single(
-    vol, lab, C, N, D, H, W, gout, start, delta, step, n, dstart, ddelta, dstep, pos, need_step, r
+    vol, lab, C, N, D, H, W, gout, start, delta, step, n, dstart, ddelta, dstep, pos, need_step, r, o
 ):
-    """``_bwd_rays`` for ray ``r`` alone."""
+    """``_bwd_rays`` for ray ``r`` alone (its output gradient is that of ray ``r + o``)."""
     has_lab = lab.size > 0
     st = step[r]
     sm = gx = gy = gz = sx = sy = sz = np.float64(0.0)
@@ -1087,12 +1087,12 @@ def _bwd_single(
         if need_step and _finite_ray(x0, y0, z0, dx, dy, dz):
             lbl = _label_at(lab, D, H, W, x0, y0, z0) if has_lab else np.int64(0)
             if lbl >= 0 and lbl < C:
-                gw = np.float64(gout[_base(r, N, C) + lbl * N])
+                gw = np.float64(gout[_base(r + o, N, C) + lbl * N])
                 sm = gw * n * _sample_checked(vol, D, H, W, x0, y0, z0)
     elif (st != 0 or need_step) and _finite_ray(x0, y0, z0, dx, dy, dz):
         pos_r = pos and st != 0
         a, b = _ray_interior(x0, y0, z0, dx, dy, dz, D, H, W, n)
-        base = _base(r, N, C)
+        base = _base(r + o, N, C)
         cur = _label_at(lab, D, H, W, x0, y0, z0) if has_lab else np.int64(0)
         s0 = 0
         while s0 < n:
@@ -1148,6 +1148,81 @@ def _bwd_pair_parts(vol, D, H, W, p, a, b, lo, hi, n, pos):
     return (m, _F0, _F0, _F0, _F0, _F0, _F0)
 
 
+@njit(fastmath=_FM, cache=True)
+def _bwd_rays_chunk(
+    vol, lab, C, N, D, H, W, gout, start, delta, step, n, dstart, ddelta, dstep, pos, need_step, r0, end, o
+):  # fmt: skip
+    """``_bwd_rays`` for the rays ``r0 ≤ r < end``, whose output gradients are those of ray ``r + o``."""
+    has_lab = lab.size > 0
+    n_pairs = (end - r0) // 2
+    bounds = np.zeros((n_pairs, 6), np.int64)  # lo, hi, ap, bp, aq, bq (lo == hi: done)
+    sums = np.zeros((n_pairs, 14), np.float32)  # the pair's inner sums (7 per ray)
+    for k in range(n_pairs + (end - r0) % 2):
+        r = r0 + 2 * k
+        lo = hi = 0
+        if not has_lab and r + 1 < end:
+            p, ok_p = _ray(start, delta, step, r)
+            q, ok_q = _ray(start, delta, step, r + 1)
+            if ok_p and ok_q:
+                ap, bp = _ray_interior(p[0], p[1], p[2], p[3], p[4], p[5], D, H, W, n)
+                aq, bq = _ray_interior(q[0], q[1], q[2], q[3], q[4], q[5], D, H, W, n)
+                lo = max(ap, aq)
+                hi = min(bp, bq)
+        if hi - lo < 16:  # singles (labels, odd ray, or no worthwhile common interior)
+            _bwd_single(vol, lab, C, N, D, H, W, gout, start, delta, step, n, dstart, ddelta, dstep,
+                        pos, need_step, r, o)  # fmt: skip
+            if r + 1 < end:
+                _bwd_single(vol, lab, C, N, D, H, W, gout, start, delta, step, n, dstart, ddelta, dstep,
+                            pos, need_step, r + 1, o)  # fmt: skip
+            continue
+        bounds[k, 0], bounds[k, 1], bounds[k, 2], bounds[k, 3], bounds[k, 4], bounds[k, 5] = (
+            lo, hi, ap, bp, aq, bq
+        )  # fmt: skip
+    if has_lab:
+        return
+    for sg in range(0, n, _SEGMENT):
+        for k in range(n_pairs):
+            s0 = max(bounds[k, 0], sg)
+            s1 = min(bounds[k, 1], sg + _SEGMENT)
+            if s1 <= s0:
+                continue
+            p, _ = _ray(start, delta, step, r0 + 2 * k)
+            q, _ = _ray(start, delta, step, r0 + 2 * k + 1)
+            if pos:
+                ip, iq = _grad_inner2(vol, H, W, p, q, s0, s1)
+                for i in range(7):
+                    sums[k, i] += ip[i]
+                    sums[k, 7 + i] += iq[i]
+            else:
+                mp, mq = _sum_inner2(vol, H, W, p, q, s0, s1)
+                sums[k, 0] += mp
+                sums[k, 7] += mq
+    for k in range(n_pairs):
+        lo, hi = bounds[k, 0], bounds[k, 1]
+        if hi == lo:
+            continue
+        ap, bp, aq, bq = bounds[k, 2], bounds[k, 3], bounds[k, 4], bounds[k, 5]
+        r = r0 + 2 * k
+        p, _ = _ray(start, delta, step, r)
+        q, _ = _ray(start, delta, step, r + 1)
+        ip = (sums[k, 0], sums[k, 1], sums[k, 2], sums[k, 3], sums[k, 4], sums[k, 5], sums[k, 6])
+        iq = (sums[k, 7], sums[k, 8], sums[k, 9], sums[k, 10], sums[k, 11], sums[k, 12], sums[k, 13])
+        op = _bwd_pair_parts(vol, D, H, W, p, ap, bp, lo, hi, n, pos)
+        oq = _bwd_pair_parts(vol, D, H, W, q, aq, bq, lo, hi, n, pos)
+        wp = np.float64(gout[r + o])
+        wq = np.float64(gout[r + 1 + o])
+        sp = (
+            wp * (ip[0] + op[0]), wp * (ip[1] + op[1]), wp * (ip[2] + op[2]), wp * (ip[3] + op[3]),
+            wp * (ip[4] + op[4]), wp * (ip[5] + op[5]), wp * (ip[6] + op[6]),
+        )  # fmt: skip
+        sq = (
+            wq * (iq[0] + oq[0]), wq * (iq[1] + oq[1]), wq * (iq[2] + oq[2]), wq * (iq[3] + oq[3]),
+            wq * (iq[4] + oq[4]), wq * (iq[5] + oq[5]), wq * (iq[6] + oq[6]),
+        )  # fmt: skip
+        _bwd_store(dstart, ddelta, dstep, pos, need_step, r, step[r], sp)
+        _bwd_store(dstart, ddelta, dstep, pos, need_step, r + 1, step[r + 1], sq)
+
+
 @njit(parallel=True, fastmath=_FM, cache=True)
 def _bwd_rays(
     vol, lab, C, N, D, H, W, gout, start, delta, step, n, dstart, ddelta, dstep, pos, need_step, n_groups, chunk
@@ -1161,79 +1236,12 @@ def _bwd_rays(
     march neighbouring rays in pairs, segment by segment, as the forward does.
     """
     R = step.shape[0]
-    has_lab = lab.size > 0
     n_chunks = (R + chunk - 1) // chunk
     for g in prange(n_groups):
         for ck in range(g, n_chunks, n_groups):
             r0 = ck * chunk
-            end = min(R, r0 + chunk)
-            n_pairs = (end - r0) // 2
-            bounds = np.zeros((n_pairs, 6), np.int64)  # lo, hi, ap, bp, aq, bq (lo == hi: done)
-            sums = np.zeros((n_pairs, 14), np.float32)  # the pair's inner sums (7 per ray)
-            for k in range(n_pairs + (end - r0) % 2):
-                r = r0 + 2 * k
-                lo = hi = 0
-                if not has_lab and r + 1 < end:
-                    p, ok_p = _ray(start, delta, step, r)
-                    q, ok_q = _ray(start, delta, step, r + 1)
-                    if ok_p and ok_q:
-                        ap, bp = _ray_interior(p[0], p[1], p[2], p[3], p[4], p[5], D, H, W, n)
-                        aq, bq = _ray_interior(q[0], q[1], q[2], q[3], q[4], q[5], D, H, W, n)
-                        lo = max(ap, aq)
-                        hi = min(bp, bq)
-                if hi - lo < 16:  # singles (labels, odd ray, or no worthwhile common interior)
-                    _bwd_single(vol, lab, C, N, D, H, W, gout, start, delta, step, n, dstart, ddelta, dstep,
-                                pos, need_step, r)  # fmt: skip
-                    if r + 1 < end:
-                        _bwd_single(vol, lab, C, N, D, H, W, gout, start, delta, step, n, dstart, ddelta, dstep,
-                                    pos, need_step, r + 1)  # fmt: skip
-                    continue
-                bounds[k, 0], bounds[k, 1], bounds[k, 2], bounds[k, 3], bounds[k, 4], bounds[k, 5] = (
-                    lo, hi, ap, bp, aq, bq
-                )  # fmt: skip
-            if has_lab:
-                continue
-            for sg in range(0, n, _SEGMENT):
-                for k in range(n_pairs):
-                    s0 = max(bounds[k, 0], sg)
-                    s1 = min(bounds[k, 1], sg + _SEGMENT)
-                    if s1 <= s0:
-                        continue
-                    p, _ = _ray(start, delta, step, r0 + 2 * k)
-                    q, _ = _ray(start, delta, step, r0 + 2 * k + 1)
-                    if pos:
-                        ip, iq = _grad_inner2(vol, H, W, p, q, s0, s1)
-                        for i in range(7):
-                            sums[k, i] += ip[i]
-                            sums[k, 7 + i] += iq[i]
-                    else:
-                        mp, mq = _sum_inner2(vol, H, W, p, q, s0, s1)
-                        sums[k, 0] += mp
-                        sums[k, 7] += mq
-            for k in range(n_pairs):
-                lo, hi = bounds[k, 0], bounds[k, 1]
-                if hi == lo:
-                    continue
-                ap, bp, aq, bq = bounds[k, 2], bounds[k, 3], bounds[k, 4], bounds[k, 5]
-                r = r0 + 2 * k
-                p, _ = _ray(start, delta, step, r)
-                q, _ = _ray(start, delta, step, r + 1)
-                ip = (sums[k, 0], sums[k, 1], sums[k, 2], sums[k, 3], sums[k, 4], sums[k, 5], sums[k, 6])
-                iq = (sums[k, 7], sums[k, 8], sums[k, 9], sums[k, 10], sums[k, 11], sums[k, 12], sums[k, 13])
-                op = _bwd_pair_parts(vol, D, H, W, p, ap, bp, lo, hi, n, pos)
-                oq = _bwd_pair_parts(vol, D, H, W, q, aq, bq, lo, hi, n, pos)
-                wp = np.float64(gout[(r // N) * N + r % N])
-                wq = np.float64(gout[((r + 1) // N) * N + (r + 1) % N])
-                sp = (
-                    wp * (ip[0] + op[0]), wp * (ip[1] + op[1]), wp * (ip[2] + op[2]), wp * (ip[3] + op[3]),
-                    wp * (ip[4] + op[4]), wp * (ip[5] + op[5]), wp * (ip[6] + op[6]),
-                )  # fmt: skip
-                sq = (
-                    wq * (iq[0] + oq[0]), wq * (iq[1] + oq[1]), wq * (iq[2] + oq[2]), wq * (iq[3] + oq[3]),
-                    wq * (iq[4] + oq[4]), wq * (iq[5] + oq[5]), wq * (iq[6] + oq[6]),
-                )  # fmt: skip
-                _bwd_store(dstart, ddelta, dstep, pos, need_step, r, step[r], sp)
-                _bwd_store(dstart, ddelta, dstep, pos, need_step, r + 1, step[r + 1], sq)
+            _bwd_rays_chunk(vol, lab, C, N, D, H, W, gout, start, delta, step, n, dstart, ddelta, dstep,
+                            pos, need_step, r0, min(R, r0 + chunk), 0)  # fmt: skip
 
 
 @njit(fastmath=_FM, cache=True)
