@@ -73,6 +73,14 @@ def _clip(ax, ay, az, rx, ry, rz, D, H, W):
     return t0, max(t1, t0)
 
 
+@njit(fastmath=_FM, cache=True, inline="always")
+def _ray_ends(M, src, tgt, b, i):
+    """Pixel ``i`` of image ``b``: ``(index of its matrix in M, source, target)``, broadcasting the
+    batch of ``M [B | 1]``, ``src [B | 1, N | 1]`` and ``tgt [B | 1, N]``."""
+    sb = src[b if src.shape[0] > 1 else 0]
+    return b if M.shape[0] > 1 else 0, sb[i if sb.shape[0] > 1 else 0], tgt[b if tgt.shape[0] > 1 else 0, i]
+
+
 @njit(fastmath=_FM, cache=True)
 def _camera_rays(M, src, tgt, N, D, H, W, n, r0, end, start, delta, step):
     """``sample_geometry`` of rays ``r0 ≤ r < end`` (pixel ``r % N`` of image ``r // N``) into
@@ -80,12 +88,8 @@ def _camera_rays(M, src, tgt, N, D, H, W, n, r0, end, start, delta, step):
     for r in range(r0, end):
         b = r // N
         i = r - b * N
-        sb = src[b if src.shape[0] > 1 else 0]
-        ax, ay, az, bx, by, bz, length = _to_voxel(
-            M[b if M.shape[0] > 1 else 0],
-            sb[i if sb.shape[0] > 1 else 0],
-            tgt[b if tgt.shape[0] > 1 else 0, i],
-        )
+        bm, s, t = _ray_ends(M, src, tgt, b, i)
+        ax, ay, az, bx, by, bz, length = _to_voxel(M[bm], s, t)
         k = r - r0
         if not (
             math.isfinite(ax + ay + az) and math.isfinite(bx + by + bz) and math.isfinite(length)
@@ -218,12 +222,8 @@ def _bwd_camera(vol, lab, C, D, H, W, M, src, tgt, N, n, gout, n_groups, chunk, 
                 r = r0 + k
                 b = r // N
                 i = r - b * N
-                sb = src[b if src.shape[0] > 1 else 0]
-                bm = b if M.shape[0] > 1 else 0
-                _pose_grad(
-                    M[bm], sb[i if sb.shape[0] > 1 else 0], tgt[b if tgt.shape[0] > 1 else 0, i],
-                    D, H, W, n, dstart[k], ddelta[k], dstep[k], dM[g, bm],
-                )  # fmt: skip
+                bm, s, t = _ray_ends(M, src, tgt, b, i)
+                _pose_grad(M[bm], s, t, D, H, W, n, dstart[k], ddelta[k], dstep[k], dM[g, bm])
 
 
 def camera_arrays(cam_to_voxel: torch.Tensor, src: torch.Tensor, tgt: torch.Tensor):

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from ._contract import check_volume
-from .numba_camera import _clip, _to_voxel, camera_arrays
+from .numba_camera import _clip, _ray_ends, _to_voxel, camera_arrays
 from .numba_cpu import (
     _F0,
     _FM,
@@ -344,11 +344,8 @@ def _finish(acc, scale, n):
 @njit(fastmath=_FM, cache=True)
 def _ray_of(D, H, W, cam_to_voxel, src, tgt, b, n):
     """``_camera_ray`` of pixel ``n`` of image ``b`` (broadcasting the batch and the source)."""
-    sb = src[b if src.shape[0] > 1 else 0]
-    return _camera_ray(
-        D, H, W, cam_to_voxel[b if cam_to_voxel.shape[0] > 1 else 0],
-        sb[n if sb.shape[0] > 1 else 0], tgt[b if tgt.shape[0] > 1 else 0, n],
-    )  # fmt: skip
+    bm, s, t = _ray_ends(cam_to_voxel, src, tgt, b, n)
+    return _camera_ray(D, H, W, cam_to_voxel[bm], s, t)
 
 
 @njit(fastmath=_FM, cache=True)
