@@ -795,7 +795,7 @@ class NanoDRRLogic(ScriptedLoadableModuleLogic, NanoDRRLib.NanoDRRLogic):
         share = 1.0 / (1 + bool(segmentIds))
         options = {"nSamples": p.quality, "device": self.deviceFromParameters(p)}
         options.update(muBone=self.muBoneFromParameters(p), displayMode=p.displayMode)
-        options["method"] = self.methodFromParameters(p)  # segment DRRs with "joseph": engine's torch path
+        options["method"] = self.methodFromParameters(p)
 
         def report(offset, message):
             def callback(fraction, detail=""):

@@ -416,8 +416,8 @@ class NanoDRRLogic:
             outputNodes: ``{segmentId: volume node}`` to overwrite in place; others are created as
                 "<volume> DRR <segment name>" in a subject hierarchy folder (``folderName``, default
                 "<volume> DRR segments") with a black → segment-colour colour table.
-            method: as in :meth:`render`. Per-segment renders carry a labelmap, so "joseph" runs on the
-                engine's torch reference path here (no fused kernel): slower than "raymarch" on the CPU.
+            method: as in :meth:`render` (per-segment renders carry a labelmap; both methods have a fused
+                CPU kernel for it).
             Other arguments as in :meth:`render`.
 
         Returns:

@@ -57,7 +57,7 @@ def implementations(device: str, compile_: bool) -> tuple[list[str], dict[str, s
     ours = [f"ours-{b}" for b in nanodrr_engine.available_backends(device)]
     ours.sort(key=lambda n: n != REFERENCE)  # the reference first: every other case is compared to it
     if "ours-numba" in ours:
-        ours.append("ours-joseph")  # Joseph's sampling: its fused kernel is CPU, plain, forward
+        ours.append("ours-joseph")  # Joseph's sampling: its fused kernel is CPU, forward
     if device == "cuda":
         peers = ["nanodrr-triton", "nanodrr-torch"]
         unavailable["plastimatch"] = "CPU only here: run with --device cpu"
@@ -88,8 +88,10 @@ def select(impls: list[str], patterns: list[str] | None) -> list[str]:
 
 def applicable(impl: str, labelmap: bool, mode: str) -> str | None:
     """Why ``impl`` cannot run this case, or None."""
-    if impl.startswith(("plastimatch", "ours-joseph")) and (labelmap or mode != "fwd"):
+    if impl.startswith("plastimatch") and (labelmap or mode != "fwd"):
         return "plain forward only"
+    if impl.startswith("ours-joseph") and mode != "fwd":
+        return "forward only (its gradients are the torch reference's)"
     return None
 
 

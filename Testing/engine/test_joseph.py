@@ -222,7 +222,7 @@ def test_mean_relative_error_against_exact_integrals(phantom_case, rotation):
         channels = drr(subject, rt, method="joseph")[0].double().numpy().reshape(phantom.num_labels, -1)
     rel = np.abs(img - exact)[long_chords] / exact[long_chords]
     assert rel.mean() < 5e-3, rel.mean()
-    # labelmap renders (torch path) split the same integral into channels
+    # labelmap renders (the fused labelmap kernel) split the same integral into channels
     np.testing.assert_allclose(channels.sum(0), img, rtol=1e-4, atol=1e-4 * img.max())
     by_label = phantom.line_integrals_by_label(src, tgt)
     assert np.abs(channels.T - by_label)[long_chords].sum() / exact[long_chords].sum() < 0.05

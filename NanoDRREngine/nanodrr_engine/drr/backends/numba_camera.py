@@ -25,13 +25,13 @@ from .numba_cpu import (
     _EMPTY_LAB,
     _FM,
     _IMPORT_ERROR,
-    _LABEL_DTYPES,
     _bwd_rays_chunk,
     _labels_rays,
     _plain_rays,
     _schedule,
     _vol_np,
     is_available,
+    kernel_labels,
     njit,
     prange,
 )
@@ -277,12 +277,7 @@ def raymarch_rays(
         raise ValueError(f"vol: the numba backend runs on CPU tensors, got device {vol.device}")
     if vol.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         vol = vol.float()
-    if n_classes > 1:
-        if lab.dtype not in _LABEL_DTYPES or lab.numel() < 4:  # as numba_cpu.raymarch
-            lab = lab.to(torch.int64)
-        lab = lab.detach().contiguous()
-    else:
-        lab = None  # one channel: every sample goes to channel 0
+    lab = kernel_labels(lab, n_classes)
     check_ray_count(max(cam_to_voxel.shape[0], src.shape[0], tgt.shape[0]), tgt.shape[1], n_classes, "tgt")
     return _rays_op(vol.detach().contiguous(), lab, n_classes, cam_to_voxel, src, tgt, n_samples)
 

@@ -1381,6 +1381,17 @@ _LABEL_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 _EMPTY_LAB = np.zeros(0, np.uint8)
 
 
+def kernel_labels(lab: torch.Tensor | None, n_classes: int) -> torch.Tensor | None:
+    """The labels as the kernels read them: ``None`` for one channel (every sample goes to channel 0),
+    else contiguous, in a dtype the label loads handle (bool, uint16/32/64 and tiny maps are widened
+    once to int64: the 32-bit word loads of 8/16-bit labels need 4 bytes)."""
+    if n_classes == 1:
+        return None
+    if lab.dtype not in _LABEL_DTYPES or lab.numel() < 4:
+        lab = lab.to(torch.int64)
+    return lab.detach().contiguous()
+
+
 def _threads() -> int:
     return int(numba.get_num_threads())
 
@@ -1557,12 +1568,7 @@ def raymarch(
     check_raymarch_args(vol, lab, n_classes, start, delta, step, n_samples)
     if vol.device.type != "cpu":
         raise ValueError(f"vol: the numba backend runs on CPU tensors, got device {vol.device}")
-    if n_classes > 1:
-        if lab.dtype not in _LABEL_DTYPES or lab.numel() < 4:  # bool, uint16/32/64, tiny: widen once
-            lab = lab.to(torch.int64)
-        lab = lab.contiguous()
-    else:
-        lab = None  # with one channel every sample goes to channel 0
+    lab = kernel_labels(lab, n_classes)
     if vol.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         vol = vol.float()
     vol = vol.contiguous()

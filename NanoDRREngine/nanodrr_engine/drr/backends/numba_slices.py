@@ -26,9 +26,17 @@ ray at a time on float32 voxels):
   (1e-6 /mm for the chest CT); images agree with float32 reads to ~5e-6 of their maximum.
   float16 voxels are as fast but 10× less exact (6e-5). Rays' checked ends read the float volume.
 - Measured and rejected: transparent huge pages for the volume (no gain), a plane-by-plane sweep of
-  ray blocks (~15 % slower), a static split of rays over threads (~20 % slower).
+  ray blocks (~15 % slower), a static split of rays over threads (~20 % slower), trimming each ray's
+  all-air ends (a Chebyshev distance map of 4³ blocks, jumping across empty cubes: 12 % of the samples
+  at 256² AP, 6.3 lookups per ray, 6-8 ms per image to find the ends for ~5 ms saved).
 
-Forward only: ``render`` sends gradient-requiring and labelmap renders to the torch reference.
+Labelmaps (``_fwd_slice_labels``): the runs of equal nearest labels along each ray are summed and
+flushed once into their channel by ``numba_cpu``'s labelmap march (trilinear float32 reads, which are
+bilinear on the planes), neighbouring rays in lockstep pairs (restarted at a common plane as the quads
+are): 256×256 of the chest CT with 118 labels in ~120 ms (torch reference: 3.2 s; pairs: 0.87× single
+rays).
+
+Forward only: ``render`` sends gradient-requiring renders to the torch reference.
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from ._contract import check_volume
+from ._contract import check_march_args, check_ray_count
 from .numba_camera import _clip, _ray_ends, _to_voxel, camera_arrays
 from .numba_cpu import (
     _F0,
@@ -48,9 +56,13 @@ from .numba_cpu import (
     _FMV,
     _IMPORT_ERROR,
     _NAN,
+    _RUN_BUF,
     _add32,
+    _base,
     _finite_ray,
     _flat32,
+    _labels_chunk2,
+    _labels_range,
     _ld_code_pair,
     _ld_pair,
     _ray_interior,
@@ -59,6 +71,7 @@ from .numba_cpu import (
     _vol_np,
     _wide_vectors,
     is_available,
+    kernel_labels,
     njit,
     prange,
 )
@@ -494,6 +507,89 @@ def _fwd_slice_rays(vol, code, q, D, H, W, cam_to_voxel, src, tgt, out, n_groups
                     out[b, n + j] = _finish(acc, SC[k, j], CN[k, j])
 
 
+@njit(fastmath=_FM, cache=True)
+def _labels_one(vol, lab, D, H, W, C, N, p, scale, cnt, out, base):
+    """One ray's channels (``_camera_ray``'s ``p, scale, cnt``) into the flat ``[B, C, N]`` ``out``
+    (zeroed) from ``base``: each run of equal nearest labels is summed, then flushed once."""
+    if cnt < 0:  # non-finite ray
+        for c in range(C):
+            out[base + c * N] = _NAN
+        return
+    if cnt == 0:
+        return
+    a, e = _ray_interior(p[0], p[1], p[2], p[3], p[4], p[5], D, H, W, cnt)
+    cur, acc = _labels_range(vol, lab, D, H, W, C, N, p, 0, cnt, a, e, np.int64(-1), _F0, out, base, scale)
+    if cur >= 0 and cur < C:
+        out[base + cur * N] += scale * acc
+
+
+@njit(fastmath=_FM, cache=True)
+def _labels_pair(vol, lab, D, H, W, C, N, cam_to_voxel, src, tgt, out, r):
+    """Rays ``r`` and ``r + 1`` (one image): in lockstep over their common interior when their samples
+    lie on planes of one axis in one direction (ray ``q`` restarted at ``p``'s first plane, as in
+    ``_quad_setup``), else one after the other."""
+    b = r // N
+    n = r - b * N
+    p, sp, cp = _ray_of(D, H, W, cam_to_voxel, src, tgt, b, n)
+    q, sq, cq = _ray_of(D, H, W, cam_to_voxel, src, tgt, b, n + 1)
+    bp = _base(r, N, C)
+    bq = _base(r + 1, N, C)
+    axis = _plane_axis(p)
+    lo = hi = o = 0
+    if cp > 0 and cq > 0 and axis != _NO_PLANE and _plane_axis(q) == axis and p[axis + 3] == q[axis + 3]:
+        ap, ep = _ray_interior(p[0], p[1], p[2], p[3], p[4], p[5], D, H, W, cp)
+        aq, eq = _ray_interior(q[0], q[1], q[2], q[3], q[4], q[5], D, H, W, cq)
+        o = int((np.float64(q[axis]) - np.float64(p[axis])) * np.float64(p[axis + 3]))
+        lo = max(ap, aq + o)
+        hi = min(ep, eq + o)
+    if hi - lo < _MIN_COMMON:
+        _labels_one(vol, lab, D, H, W, C, N, p, sp, cp, out, bp)
+        _labels_one(vol, lab, D, H, W, C, N, q, sq, cq, out, bq)
+        return
+    ql = (
+        np.float32(np.float64(q[0]) - o * np.float64(q[3])),
+        np.float32(np.float64(q[1]) - o * np.float64(q[4])),
+        np.float32(np.float64(q[2]) - o * np.float64(q[5])),
+        q[3],
+        q[4],
+        q[5],
+    )  # q's sample t − o at lockstep index t
+    m1 = np.int64(-1)
+    cur_p, acc_p = _labels_range(vol, lab, D, H, W, C, N, p, 0, lo, ap, ep, m1, _F0, out, bp, sp)
+    cur_q, acc_q = _labels_range(vol, lab, D, H, W, C, N, q, 0, lo - o, aq, eq, m1, _F0, out, bq, sq)
+    for s0 in range(lo, hi, _RUN_BUF):
+        cur_p, acc_p, cur_q, acc_q = _labels_chunk2(
+            vol, lab, H, W, C, N, p, ql, s0, min(hi, s0 + _RUN_BUF), cur_p, acc_p, cur_q, acc_q,
+            out, bp, bq, sp, sq,
+        )  # fmt: skip
+    cur_p, acc_p = _labels_range(vol, lab, D, H, W, C, N, p, hi, cp, ap, ep, cur_p, acc_p, out, bp, sp)
+    cur_q, acc_q = _labels_range(vol, lab, D, H, W, C, N, q, hi - o, cq, aq, eq, cur_q, acc_q, out, bq, sq)
+    if cur_p >= 0 and cur_p < C:
+        out[bp + cur_p * N] += sp * acc_p
+    if cur_q >= 0 and cur_q < C:
+        out[bq + cur_q * N] += sq * acc_q
+
+
+@njit(parallel=True, fastmath=_FM, cache=True)
+def _fwd_slice_labels(vol, lab, D, H, W, C, N, cam_to_voxel, src, tgt, out, n_groups, chunk):
+    """``out[(b·C + c)·N + n]``: Joseph's line integral along pixel ``n``'s ray of image ``b`` through
+    the voxels labelled ``c`` (nearest label; ``out`` zeroed). Neighbouring rays go in pairs; chunks
+    are scheduled as in ``_fwd_slice_rays``."""
+    R = out.shape[0] // C
+    n_chunks = (R + chunk - 1) // chunk
+    for g in prange(n_groups):
+        for ck in range(g, n_chunks, n_groups):
+            end = min(R, ck * chunk + chunk)
+            for r in range(ck * chunk, end, 2):
+                if r + 1 < end and (r + 1) % N != 0:
+                    _labels_pair(vol, lab, D, H, W, C, N, cam_to_voxel, src, tgt, out, r)
+                else:
+                    for k in range(r, min(r + 2, end)):
+                        b = k // N
+                        p, scale, cnt = _ray_of(D, H, W, cam_to_voxel, src, tgt, b, k - b * N)
+                        _labels_one(vol, lab, D, H, W, C, N, p, scale, cnt, out, _base(k, N, C))
+
+
 # ---------------------------------------------------------------------------------------------
 # Fixed-point codes
 # ---------------------------------------------------------------------------------------------
@@ -550,6 +646,8 @@ def slicemarch_rays(
     src: torch.Tensor,
     tgt: torch.Tensor,
     fixed_point: bool = True,
+    lab: torch.Tensor | None = None,
+    n_classes: int = 1,
 ) -> torch.Tensor:
     """Joseph's render straight from camera rays, geometry and march fused (no per-ray tensors).
 
@@ -557,29 +655,50 @@ def slicemarch_rays(
         vol: ``[D, H, W]`` μ on the CPU (float32, float16 or bfloat16).
         cam_to_voxel: ``[B | 1, 4, 4]``. src: ``[B | 1, N | 1, 3]``; tgt: ``[B | 1, N, 3]`` (camera mm).
         fixed_point: read a float32 volume's interior as 16-bit fixed-point codes (see the module
-            docstring; ignored where :func:`fixed_point_codes` declines the volume).
+            docstring; ignored where :func:`fixed_point_codes` declines the volume, and with labels).
+        lab: ``[D, H, W]`` integer labels, required when ``n_classes > 1`` (nearest label per sample;
+            labels outside ``[0, n_classes)`` are dropped).
+        n_classes: ``C >= 1`` output channels.
 
     Returns:
-        ``[B, 1, N]`` float32: ``torch_ref.raymarch(..., count=)`` on :func:`~nanodrr_engine.drr.rays.slice_geometry`.
+        ``[B, C, N]`` float32: ``torch_ref.raymarch(..., count=)`` on :func:`~nanodrr_engine.drr.rays.slice_geometry`.
     """
     if not is_available():
         raise RuntimeError(f"numba backend: numba could not be imported ({_IMPORT_ERROR!r})")
-    check_volume(vol)
+    check_march_args(vol, lab, n_classes, 1)
     if vol.device.type != "cpu":
         raise ValueError(f"vol: the numba backend runs on CPU tensors, got device {vol.device}")
     if vol.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         vol = vol.float()
+    lab = kernel_labels(lab, n_classes)
     B = max(cam_to_voxel.shape[0], src.shape[0], tgt.shape[0])
     N = tgt.shape[1]
+    check_ray_count(B, N, n_classes, "tgt")
     m, s, t = camera_arrays(cam_to_voxel, src, tgt)
-    out = torch.empty(B, 1, N, dtype=torch.float32)
     D, H, W = vol.shape
     flat = _vol_np(vol.detach().contiguous())
+    threads = _threads()
+    chunk = max(64, -(-B * N // (8 * threads)))
+    if lab is not None:
+        out = torch.zeros(B, n_classes, N, dtype=torch.float32)
+        _fwd_slice_labels(
+            flat,
+            lab.reshape(-1).numpy(),
+            D,
+            H,
+            W,
+            n_classes,
+            N,
+            m,
+            s,
+            t,
+            out.view(-1).numpy(),
+            threads,
+            chunk,
+        )
+        return out
+    out = torch.empty(B, 1, N, dtype=torch.float32)
     fixed = fixed_point_codes(vol) if fixed_point else None
     code, q = (flat, None) if fixed is None else (fixed[0], np.float32(fixed[1]))
-    threads = _threads()
-    _fwd_slice_rays(
-        flat, code, q, D, H, W, m, s, t, out.view(B, N).numpy(),
-        threads, max(64, -(-B * N // (8 * threads))),
-    )  # fmt: skip
+    _fwd_slice_rays(flat, code, q, D, H, W, m, s, t, out.view(B, N).numpy(), threads, chunk)
     return out
