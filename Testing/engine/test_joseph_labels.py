@@ -147,6 +147,24 @@ def test_label_dtypes_give_the_same_channels(ns, dtype):
     assert torch.equal(got, ref)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_volumes_are_read_natively(ns, dtype):
+    vol = smooth_volume(seed=16)
+    lab = _labels_like(vol, seed=17, high=4)
+    a, b = random_rays(64, vol.shape, seed=18)
+    half = torch.from_numpy(vol).to(dtype)
+    M, src, tgt = (
+        torch.eye(4, dtype=torch.float64)[None],
+        torch.from_numpy(a)[None],
+        torch.from_numpy(b)[None],
+    )
+    lab_t = torch.from_numpy(lab)
+    got = ns.slicemarch_rays(half, M, src, tgt, lab=lab_t, n_classes=4)
+    ref = ns.slicemarch_rays(half.float(), M, src, tgt, lab=lab_t, n_classes=4)  # the same values
+    assert ref.amax() > 1.0
+    torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6 * ref.amax().item())
+
+
 def test_non_finite_rays_are_nan_in_every_channel_and_misses_zero(ns):
     vol = smooth_volume(seed=13)
     lab = _labels_like(vol, seed=14, high=3)
