@@ -45,7 +45,8 @@ def render(
             or ``"joseph"`` (one sample per voxel plane along each ray's dominant axis, bilinear on
             the plane; ``n_samples`` is ignored). Joseph's method is as accurate against exact line
             integrals and reads half the voxels per sample: the fastest CPU path (numba) for renders
-            without gradients, plain or labelmap; gradients and GPUs use the torch reference.
+            without gradients (plain or labelmap) and plain renders with pose gradients (registration);
+            volume gradients, labelmaps with gradients and GPUs use the torch reference.
 
     Returns:
         ``[B, C, H, W]``: C = ``subject.n_classes`` channels (1 without a labelmap); the channels sum to
@@ -127,13 +128,18 @@ def render(
 
 
 def _joseph(vol, lab, C, cam_to_voxel, src, tgt, shape, backend: str) -> torch.Tensor:
-    """Joseph's render: the fused numba kernel for CPU renders without gradients (plain or labelmap),
-    else the torch reference on ``slice_geometry``'s samples (gradients, GPUs)."""
+    """Joseph's render: the fused numba kernel for CPU renders without gradients (plain or labelmap)
+    and plain ones with pose gradients only, else the torch reference on ``slice_geometry``'s samples
+    (volume gradients, labelmaps with gradients, GPUs)."""
     name, _ = resolve_backend(backend, vol.device, vol.dtype)  # validates the name for this device
     if name == "numba" and not _needs_grad(vol, cam_to_voxel, src, tgt):
         from .backends.numba_slices import slicemarch_rays
 
         return slicemarch_rays(vol, cam_to_voxel, src, tgt, lab=lab, n_classes=C)
+    if name == "numba" and lab is None and not _needs_grad(vol, src, tgt):  # pose gradient only
+        from .backends.numba_slices import slicemarch_pose_differentiable
+
+        return slicemarch_pose_differentiable(vol, cam_to_voxel, src, tgt)
     if backend not in ("auto", "torch", "numba"):
         raise ValueError(f"backend: method='joseph' runs on 'numba' (CPU) or 'torch', not {backend!r}")
     from .backends.torch_ref import raymarch as ref

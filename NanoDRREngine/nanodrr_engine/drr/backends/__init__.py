@@ -4,7 +4,7 @@ Every backend implements one differentiable op with the same contract, so ``rend
 geometry (camera → voxel transform, slab clipping, step size) once in plain torch, where autograd
 reaches it, and the kernels only march. CPU renders that need no gradient, or only the pose's, skip
 the per-ray tensors: ``numba_camera`` (ray march, forward and pose gradient) and ``numba_slices``
-(Joseph, forward) compute the same geometry per chunk of rays inside the kernel.
+(Joseph, forward and pose gradient) compute the same geometry per chunk of rays inside the kernel.
 
 ``raymarch(vol, lab, n_classes, start, delta, step, n_samples) -> out``
 
