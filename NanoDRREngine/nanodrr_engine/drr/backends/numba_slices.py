@@ -52,6 +52,7 @@ from collections import OrderedDict
 
 import numpy as np
 import torch
+from torch.autograd.function import once_differentiable
 
 from ._contract import check_march_args, check_ray_count
 from .numba_camera import _clip, _ray_ends, _to_voxel, camera_arrays
@@ -715,6 +716,7 @@ class _PoseDifferentiable(torch.autograd.Function):
         return slicemarch_rays(vol, cam_to_voxel.detach(), src, tgt, fixed_point)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         vol, cam_to_voxel, src, tgt = ctx.saved_tensors
         B, _, N = grad.shape
