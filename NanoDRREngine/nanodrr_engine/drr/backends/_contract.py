@@ -65,3 +65,16 @@ def check_ray_count(B: int, N: int, n_classes: int, name: str) -> None:
     """Raise ``ValueError`` (naming ``name``) when ``B × N`` rays overflow the kernels' int32 indexing."""
     if B * n_classes * N > INT32_MAX or 3 * B * N > INT32_MAX:
         raise ValueError(f"{name}: {B}×{N} rays × {n_classes} classes exceed the kernels' int32 indexing")
+
+
+def check_pose_only_grad(**tensors: torch.Tensor) -> None:
+    """Raise ``ValueError`` naming the first of ``tensors`` that requires grad: the fused camera-ray
+    kernels differentiate w.r.t. ``cam_to_voxel`` only (``render`` sends other gradients elsewhere)."""
+    if not torch.is_grad_enabled():
+        return
+    for name, x in tensors.items():
+        if x.requires_grad:
+            raise ValueError(
+                f"{name}: requires grad, but the fused kernel differentiates w.r.t. cam_to_voxel only "
+                "(render sends other gradients to the torch geometry)"
+            )

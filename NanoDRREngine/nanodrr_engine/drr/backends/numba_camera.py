@@ -20,7 +20,7 @@ import math
 import numpy as np
 import torch
 
-from ._contract import check_march_args, check_ray_count
+from ._contract import check_march_args, check_pose_only_grad, check_ray_count
 from .numba_cpu import (
     _EMPTY_LAB,
     _FM,
@@ -266,13 +266,7 @@ def raymarch_rays(
     if not is_available():
         raise RuntimeError(f"numba backend: numba could not be imported ({_IMPORT_ERROR!r})")
     check_march_args(vol, lab, n_classes, n_samples)
-    if torch.is_grad_enabled():
-        for name, x in (("vol", vol), ("src", src), ("tgt", tgt)):
-            if x.requires_grad:
-                raise ValueError(
-                    f"{name}: requires grad, but the fused march differentiates w.r.t. cam_to_voxel only "
-                    "(render sends other gradients through the torch geometry)"
-                )
+    check_pose_only_grad(vol=vol, src=src, tgt=tgt)
     if vol.device.type != "cpu":
         raise ValueError(f"vol: the numba backend runs on CPU tensors, got device {vol.device}")
     if vol.dtype not in (torch.float32, torch.float16, torch.bfloat16):

@@ -54,7 +54,7 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
-from ._contract import check_march_args, check_ray_count
+from ._contract import check_march_args, check_pose_only_grad, check_ray_count
 from .numba_camera import _clip, _ray_ends, _to_voxel, camera_arrays
 from .numba_cpu import (
     _F0,
@@ -746,13 +746,7 @@ def slicemarch_pose_differentiable(
     are within ~5e-6 of them). ``vol``, ``src`` and ``tgt`` must not require grad: ``render`` sends such
     renders to the torch reference, which differentiates w.r.t. everything.
     """
-    if torch.is_grad_enabled():
-        for name, x in (("vol", vol), ("src", src), ("tgt", tgt)):
-            if x.requires_grad:
-                raise ValueError(
-                    f"{name}: requires grad, but the fused Joseph march differentiates w.r.t. cam_to_voxel "
-                    "only (render sends other gradients to the torch reference)"
-                )
+    check_pose_only_grad(vol=vol, src=src, tgt=tgt)
     return _PoseDifferentiable.apply(vol, cam_to_voxel, src, tgt, fixed_point)
 
 
