@@ -733,6 +733,7 @@ class _PoseDifferentiable(torch.autograd.Function):
         return None, out.to(cam_to_voxel.dtype), None, None, None
 
 
+@torch.compiler.disable  # dynamo cannot trace numba's dispatcher: run eagerly inside compiled code
 def slicemarch_pose_differentiable(
     vol: torch.Tensor,
     cam_to_voxel: torch.Tensor,
@@ -800,6 +801,7 @@ def fixed_point_codes(vol: torch.Tensor) -> tuple[np.ndarray, float] | None:
     return codes, scale
 
 
+@torch.compiler.disable  # as slicemarch_pose_differentiable
 def slicemarch_rays(
     vol: torch.Tensor,
     cam_to_voxel: torch.Tensor,
