@@ -74,7 +74,7 @@ from .numba_cpu import (
     _ld_pair,
     _ray_interior,
     _sample_checked,
-    _threads,
+    _schedule,
     _vol_np,
     _wide_vectors,
     is_available,
@@ -722,12 +722,12 @@ class _PoseDifferentiable(torch.autograd.Function):
         B, _, N = grad.shape
         m, s, t = camera_arrays(cam_to_voxel, src, tgt)
         D, H, W = vol.shape
-        threads = _threads()
-        dM = np.zeros((threads, m.shape[0], 12), np.float64)
+        groups, chunk = _schedule(B * N)
+        dM = np.zeros((groups, m.shape[0], 12), np.float64)
         g = grad.detach().to(torch.float32).contiguous().view(-1).numpy()
         vol = vol if vol.dtype in (torch.float32, torch.float16, torch.bfloat16) else vol.float()
         flat = _vol_np(vol.detach().contiguous())
-        _bwd_slice_camera(flat, D, H, W, m, s, t, N, g, threads, max(64, -(-B * N // (8 * threads))), dM)
+        _bwd_slice_camera(flat, D, H, W, m, s, t, N, g, groups, chunk, dM)
         out = torch.zeros(m.shape[0], 4, 4, dtype=torch.float64)
         out[:, :3, :] = torch.from_numpy(dM.sum(axis=0)).view(-1, 3, 4)  # groups summed in a fixed order
         return None, out.to(cam_to_voxel.dtype), None, None, None
@@ -839,28 +839,14 @@ def slicemarch_rays(
     m, s, t = camera_arrays(cam_to_voxel, src, tgt)
     D, H, W = vol.shape
     flat = _vol_np(vol.detach().contiguous())
-    threads = _threads()
-    chunk = max(64, -(-B * N // (8 * threads)))
+    groups, chunk = _schedule(B * N)
     if lab is not None:
         out = torch.zeros(B, n_classes, N, dtype=torch.float32)
-        _fwd_slice_labels(
-            flat,
-            lab.reshape(-1).numpy(),
-            D,
-            H,
-            W,
-            n_classes,
-            N,
-            m,
-            s,
-            t,
-            out.view(-1).numpy(),
-            threads,
-            chunk,
-        )
+        lab_np = lab.reshape(-1).numpy()
+        _fwd_slice_labels(flat, lab_np, D, H, W, n_classes, N, m, s, t, out.view(-1).numpy(), groups, chunk)
         return out
     out = torch.empty(B, 1, N, dtype=torch.float32)
     fixed = fixed_point_codes(vol) if fixed_point else None
     code, q = (flat, None) if fixed is None else (fixed[0], np.float32(fixed[1]))
-    _fwd_slice_rays(flat, code, q, D, H, W, m, s, t, out.view(B, N).numpy(), threads, chunk)
+    _fwd_slice_rays(flat, code, q, D, H, W, m, s, t, out.view(B, N).numpy(), groups, chunk)
     return out
