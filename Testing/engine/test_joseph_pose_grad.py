@@ -144,3 +144,48 @@ def test_compiled_renders_run_the_fused_kernels_eagerly(subject):
     f(subject, r_e).sum().backward()
     assert r_e.grad.abs().amax() > 1e-3
     torch.testing.assert_close(r_c.grad, r_e.grad)
+
+
+def test_rays_in_lockstep_pairs_with_plane_offsets_get_their_own_gradients():
+    """A volume that is not zero at its faces (so every sample's gradient counts, the checked ends'
+    too), seen by a detector whose neighbouring rays start on different planes: the pairs marched in
+    lockstep (``_pose_rays_chunk``) against autograd through the torch reference, in float64."""
+    from nanodrr_engine.drr.backends import numba_slices
+    from nanodrr_engine.drr.backends.torch_ref import raymarch as torch_raymarch
+    from nanodrr_engine.drr.rays import slice_geometry
+    from test_joseph_fast_path import _camera_case
+
+    vol, subject, drr, _ = _camera_case(shape=(29, 33, 37), height=9, width=26)
+    # oblique poses only: at axis-aligned ones rays run along voxel boundaries, the kinks of the
+    # trilinear interpolant, where float32 and float64 sample positions take different one-sided slopes
+    rot = torch.tensor([[40.0, 15.0, 0.0], [25.0, -30.0, 10.0], [-35.0, 10.0, 5.0], [70.0, 5.0, -8.0]])
+    rt = make_rt_inv(rot, torch.tensor([[0.0, 200.0, 0.0]]).expand(4, 3), "AP", subject.isocenter)
+    M = (subject.world_to_voxel.double() @ rt.double()).detach()
+    src, tgt = drr.src.double(), drr.tgt.double()
+    D, H, W = vol.shape
+    offsets = 0
+    for b in range(4):
+        for n in range(0, tgt.shape[1] - 1, 2):
+            (p, _, c0), (q, _, c1) = (
+                numba_slices._camera_ray(D, H, W, M[b].numpy(), src[0, 0].numpy(), tgt[0, n + j].numpy())
+                for j in (0, 1)
+            )
+            axis = numba_slices._plane_axis(p)
+            offsets += (
+                c0 > 0 and c1 > 0 and axis >= 0 and numba_slices._plane_axis(q) == axis and p[axis] != q[axis]
+            )
+    assert offsets > 10
+    weights = torch.linspace(0.5, 1.5, 4 * tgt.shape[1], dtype=torch.float64).reshape(4, 1, -1)
+    fused = M.clone().requires_grad_(True)
+    (
+        numba_slices.slicemarch_pose_differentiable(subject.image[0, 0], fused, src, tgt) * weights
+    ).sum().backward()
+    ref = M.clone().requires_grad_(True)
+    start, delta, step, count = slice_geometry(ref, src, tgt, subject.shape)
+    out = torch_raymarch(
+        torch.from_numpy(vol).double(), None, 1, start, delta, step, int(count.max()), count=count
+    )
+    (out * weights).sum().backward()
+    scale = ref.grad.abs().amax().item()
+    assert scale > 1.0
+    torch.testing.assert_close(fused.grad, ref.grad, rtol=1e-4, atol=1e-4 * scale)
