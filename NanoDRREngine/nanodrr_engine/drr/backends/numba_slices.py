@@ -705,12 +705,15 @@ def _grad_part(vol, D, H, W, p, sa, sb, a, e):
 
 
 @njit(fastmath=_FM, cache=True)
-def _pose_one(vol, D, H, W, geometry, s, t, g, acc):
-    """``_pose_chain`` of one ray (``geometry``: ``_pose_geometry``'s) with its own march."""
-    a, r, length, p, inv, cnt = geometry
-    if cnt > 0 and g != 0.0:
+def _pose_ray(vol, D, H, W, M, src, tgt, N, gout, r, dM):
+    """``_pose_chain`` of ray ``r`` (pixel ``r % N`` of image ``r // N``) on its own, into ``dM[b]``."""
+    b = r // N
+    bm, s, t = _ray_ends(M, src, tgt, b, r - b * N)
+    a, ray, length, p, inv, cnt = _pose_geometry(D, H, W, M[bm], s, t)
+    if cnt > 0 and gout[r] != 0.0:
         lo, hi = _ray_interior(p[0], p[1], p[2], p[3], p[4], p[5], D, H, W, cnt)
-        _pose_chain(a, r, length, p, inv, s, t, g, _grad_part(vol, D, H, W, p, 0, cnt, lo, hi), acc)
+        sums = _grad_part(vol, D, H, W, p, 0, cnt, lo, hi)
+        _pose_chain(a, ray, length, p, inv, s, t, gout[r], sums, dM[bm])
 
 
 @njit(fastmath=_FM, cache=True, inline="always")
@@ -753,10 +756,8 @@ def _pose_rays_chunk(vol, D, H, W, M, src, tgt, N, gout, r0, end, dM):
                 lo = max(AB[k, 0], AB[k, 2] + o)
                 hi = min(AB[k, 1], AB[k, 3] + o)
         if hi - lo < _MIN_COMMON:
-            for j in range(2):
-                b = (r + j) // N
-                bm, s, t = _ray_ends(M, src, tgt, b, r + j - b * N)
-                _pose_one(vol, D, H, W, _pose_geometry(D, H, W, M[bm], s, t), s, t, gout[r + j], dM[bm])
+            _pose_ray(vol, D, H, W, M, src, tgt, N, gout, r, dM)
+            _pose_ray(vol, D, H, W, M, src, tgt, N, gout, r + 1, dM)
             continue
         for c in range(6):
             P[k, 0, c] = p[c]
@@ -774,10 +775,7 @@ def _pose_rays_chunk(vol, D, H, W, M, src, tgt, N, gout, r0, end, dM):
             for v in range(7):
                 SUMS[k, j, v] = ends[v]
     if r0 + 2 * n_pairs < end:
-        r = end - 1
-        b = r // N
-        bm, s, t = _ray_ends(M, src, tgt, b, r - b * N)
-        _pose_one(vol, D, H, W, _pose_geometry(D, H, W, M[bm], s, t), s, t, gout[r], dM[bm])
+        _pose_ray(vol, D, H, W, M, src, tgt, N, gout, end - 1, dM)
     for sg in range(0, top, _SEGMENT):
         for k in range(n_pairs):
             s0 = max(LH[k, 0], sg)
