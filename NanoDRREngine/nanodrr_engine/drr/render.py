@@ -152,5 +152,5 @@ def _joseph(vol, lab, C, cam_to_voxel, src, tgt, shape, backend: str) -> torch.T
 
 def _needs_grad(*tensors: torch.Tensor) -> bool:
     """Whether autograd will want gradients w.r.t. any of ``tensors`` (which decides the fused CPU paths:
-    Joseph's is forward-only, the ray march's differentiates w.r.t. the pose only)."""
+    they differentiate w.r.t. the pose only, Joseph's for plain renders only)."""
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)

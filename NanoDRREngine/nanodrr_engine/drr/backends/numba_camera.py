@@ -251,7 +251,7 @@ def raymarch_rays(
     tgt: torch.Tensor,
     n_samples: int,
 ) -> torch.Tensor:
-    """The ray march of camera rays, geometry and march fused (forward only, no autograd).
+    """The ray march of camera rays, geometry and march fused, differentiable w.r.t. ``cam_to_voxel`` only.
 
     Args:
         vol: ``[D, H, W]`` μ on the CPU (float32, float16 or bfloat16 read natively).
@@ -301,7 +301,7 @@ def _rays_impl(vol, lab, n_classes, cam_to_voxel, src, tgt, n_samples):
     return out
 
 
-# Opaque to torch.compile, as the other numba ops (forward only: render sends gradients elsewhere).
+# Opaque to torch.compile, as the other numba ops (autograd to cam_to_voxel is registered below).
 _rays_op = torch.library.custom_op(
     "nanodrr_engine::numba_raymarch_rays",
     _rays_impl,
