@@ -729,48 +729,29 @@ def _pose_rays_chunk(vol, D, H, W, M, src, tgt, N, gout, r0, end, dM):
     chunk's pairs one ``_SEGMENT`` after the other (as the forward's quads)."""
     n_pairs = (end - r0) // 2
     P = np.empty((n_pairs, 3, 6), np.float32)  # p, q, q restarted
+    SC = np.empty((n_pairs, 2), np.float32)  # (unused here: the chain rule redoes it in float64)
+    CN = np.empty((n_pairs, 2), np.int64)  # sample counts
     AB = np.empty((n_pairs, 4), np.int64)  # interiors of p and q
     LH = np.zeros((n_pairs, 3), np.int64)  # common interior (lockstep indices) and q's offset
     SUMS = np.zeros((n_pairs, 2, 7), np.float32)  # Σμ, Σ∇μ, Σ s·∇μ of p and q
     top = 0
     for k in range(n_pairs):
         r = r0 + 2 * k
-        b = r // N
         lo = hi = o = 0
         if (r % N) + 1 < N:  # both rays in one image
-            _, s, t = _ray_ends(M, src, tgt, b, r - b * N)
-            bm, sq, tq = _ray_ends(M, src, tgt, b, r + 1 - b * N)
-            _, _, _, p, _, cp = _pose_geometry(D, H, W, M[bm], s, t)
-            _, _, _, q, _, cq = _pose_geometry(D, H, W, M[bm], sq, tq)
-            axis = _plane_axis(p)
-            if (
-                cp > 0
-                and cq > 0
-                and axis != _NO_PLANE
-                and _plane_axis(q) == axis
-                and p[axis + 3] == q[axis + 3]
-            ):
-                AB[k, 0], AB[k, 1] = _ray_interior(p[0], p[1], p[2], p[3], p[4], p[5], D, H, W, cp)
-                AB[k, 2], AB[k, 3] = _ray_interior(q[0], q[1], q[2], q[3], q[4], q[5], D, H, W, cq)
-                o = int((np.float64(q[axis]) - np.float64(p[axis])) * np.float64(p[axis + 3]))
-                lo = max(AB[k, 0], AB[k, 2] + o)
-                hi = min(AB[k, 1], AB[k, 3] + o)
+            lo, hi, o = _pair_setup(D, H, W, M, src, tgt, r, N, P, SC, CN, AB, k)
         if hi - lo < _MIN_COMMON:
             _pose_ray(vol, D, H, W, M, src, tgt, N, gout, r, dM)
             _pose_ray(vol, D, H, W, M, src, tgt, N, gout, r + 1, dM)
             continue
-        for c in range(6):
-            P[k, 0, c] = p[c]
-            P[k, 1, c] = q[c]
-            P[k, 2, c] = q[c] if c >= 3 else np.float32(np.float64(q[c]) - o * np.float64(q[c + 3]))
         LH[k, 0], LH[k, 1], LH[k, 2] = lo, hi, o
         top = max(top, hi)
-        for j, cnt, off in ((0, cp, 0), (1, cq, o)):
+        for j, off in ((0, 0), (1, o)):
             x = _ray_tuple(P, k, j)
             a, e = AB[k, 2 * j], AB[k, 2 * j + 1]
             ends = _add7(
                 _grad_part(vol, D, H, W, x, 0, lo - off, a, e),
-                _grad_part(vol, D, H, W, x, hi - off, cnt, a, e),
+                _grad_part(vol, D, H, W, x, hi - off, CN[k, j], a, e),
             )
             for v in range(7):
                 SUMS[k, j, v] = ends[v]
