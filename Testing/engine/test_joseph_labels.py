@@ -69,11 +69,11 @@ def _labels_like(vol: np.ndarray, seed: int, high: int) -> np.ndarray:
     return lab
 
 
-def _march(ns, vol, lab, n_classes, src, tgt, M=None):
+def _march(ns, vol, lab, n_classes, src, tgt, M=None, fixed_point=True):
     B = src.shape[0]
     M = torch.eye(4, dtype=torch.float64)[None].expand(B, 4, 4) if M is None else M
     return ns.slicemarch_rays(
-        torch.from_numpy(vol), M, torch.as_tensor(src), torch.as_tensor(tgt),
+        torch.from_numpy(vol), M, torch.as_tensor(src), torch.as_tensor(tgt), fixed_point,
         lab=torch.from_numpy(lab), n_classes=n_classes,
     )  # fmt: skip
 
@@ -88,11 +88,13 @@ def test_random_rays_match_the_independent_reference_per_channel(ns):
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * expected.max())
 
 
-def test_rays_in_lockstep_pairs_match_the_independent_reference(ns):
+@pytest.mark.parametrize("fixed_point", [True, False], ids=["codes", "float"])
+def test_rays_in_lockstep_pairs_match_the_independent_reference(ns, fixed_point):
     """Four poses (AP, lateral, cranio-caudal, oblique with plane offsets between neighbours) of an
-    image whose rows are odd (pairs straddle rows and images; chunk tails are single rays). Odd
-    volume sizes put the isocentre on a voxel centre: with a half-voxel centre, the axis-aligned rays
-    would sample exactly halfway between two labels (a rounding-sensitive tie)."""
+    image whose rows are odd (pairs straddle rows and images; chunk tails are single rays), with the
+    pairs' planes read as 16-bit codes or as floats. Odd volume sizes put the isocentre on a voxel
+    centre: with a half-voxel centre, the axis-aligned rays would sample exactly halfway between two
+    labels (a rounding-sensitive tie)."""
     vol, subject, drr, rt = _camera_case(shape=(29, 33, 37), height=7, width=15)
     lab = _labels_like(vol, seed=8, high=5)
     src, tgt, _ = _rays(subject, drr, rt)
@@ -104,7 +106,7 @@ def test_rays_in_lockstep_pairs_match_the_independent_reference(ns):
         axis = ns._plane_axis(p)
         offsets += n > 0 and m > 0 and axis >= 0 and ns._plane_axis(q) == axis and p[axis] != q[axis]
     assert offsets > 3
-    got = _march(ns, vol, lab, 5, src, tgt).double().numpy()  # [4, C, N]
+    got = _march(ns, vol, lab, 5, src, tgt, fixed_point=fixed_point).double().numpy()  # [4, C, N]
     expected = np.stack(
         [
             np.stack(

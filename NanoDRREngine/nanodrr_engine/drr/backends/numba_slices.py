@@ -31,11 +31,16 @@ ray at a time on float32 voxels):
   at 256² AP, 6.3 lookups per ray, 6-8 ms per image to find the ends for ~5 ms saved).
 
 Labelmaps (``_fwd_slice_labels``): the runs of equal nearest labels along each ray are summed and
-flushed once into their channel by ``numba_cpu``'s labelmap march (trilinear float32 reads, which are
-bilinear on the planes), neighbouring rays in lockstep pairs (restarted at a common plane as the quads
-are), a chunk's pairs segment by segment. With the chest CT's 118 labels (``bench_render``): 200² 55 ms,
-512² 317 ms, as fast as the ray march's labelmap render and 1.8-1.9× Joseph's plain one (the torch
-reference took 3.2 s at 256²). Pairs: 0.87× single rays; segments: 0.6× (200²) and 0.8× (512²) again.
+flushed once into their channel (``numba_cpu``'s run scan), neighbouring rays in lockstep pairs
+(restarted at a common plane as the quads are), a chunk's pairs segment by segment. The pairs' planes
+are read as the plain march reads them (two pair loads of the fixed-point codes; ``_labels_planes2``),
+plus one nearest-label read per sample; the rest of a ray (its checked ends and the part outside the
+pair's common interior) takes ``numba_cpu``'s trilinear float32 labelmap march. With the chest CT's 118
+labels (one-process A/B against trilinear float32 reads on the planes): 200² 57 ms (was 67-89 ms), 512²
+345 ms (was 373-429 ms), 1.7-1.9× Joseph's plain render (was 2.1-2.4×; the torch reference took 3.2 s
+at 256²). Most of what remains is the label reads: with one constant label it is 1.4×. Pairs: 0.87×
+single rays; segments: 0.6× (200²) and 0.8× (512²) again. Measured and rejected: zeroing the output in
+the kernel, chunk by chunk, instead of ``torch.zeros`` (no gain within noise).
 
 Pose gradients of plain renders (2D/3D registration, :func:`slicemarch_pose_differentiable`): the
 backward recomputes each ray's geometry, marches it once more on float voxels for Σμ, Σ∇μ and Σ s·∇μ
@@ -70,13 +75,18 @@ from .numba_cpu import (
     _flat32,
     _grad_inner2,
     _grad_range,
-    _labels_chunk2,
+    _label_inner,
     _labels_range,
     _ld_code_pair,
     _ld_pair,
+    _pad_labels,
+    _pst,
     _ray_interior,
     _sample_checked,
+    _scan_runs,
     _schedule,
+    _stack_f32,
+    _stack_i32,
     _vol_np,
     _wide_vectors,
     is_available,
@@ -532,12 +542,60 @@ def _labels_one(vol, lab, D, H, W, C, N, p, scale, cnt, out, base):
         out[base + cur * N] += scale * acc
 
 
+@njit(fastmath=_FMV, cache=True, inline="always")
+def _label_of(lab, H, W, C, p, sf):
+    return _label_inner(lab, H, W, C, p[0] + sf * p[3], p[1] + sf * p[4], p[2] + sf * p[5])
+
+
+@njit(fastmath=_FMV, cache=True)
+def _labels_planes2(
+    code, q, lab, H, W, C, N, axis, p, r, s0, s1, cur_p, acc_p, cur_r, acc_r, out, base_p, base_r, st_p, st_r
+):
+    """``numba_cpu._labels_chunk2`` of two rays whose interior samples ``[s0, s1)`` lie on planes of
+    ``axis``: μ read as the plain march reads it (bilinear on j- and k-planes, fixed-point codes when
+    ``q`` is set), each sample's nearest label, then the runs scanned. Returns both open runs."""
+    _wide_vectors()
+    mu_p = _stack_f32()
+    lb_p = _stack_i32()
+    mu_r = _stack_f32()
+    lb_r = _stack_i32()
+    _pst(lb_p, 0, min(max(cur_p, -1), C))
+    _pst(lb_r, 0, min(max(cur_r, -1), C))
+    # one loop per axis, so that each is branch-free and vectorised
+    if axis == 1:
+        for s in range(s0, s1):
+            sf = np.float32(s)
+            _pst(mu_p, s - s0, _scaled(_on_j_plane(code, H, W, p, sf, q), q))
+            _pst(lb_p, s - s0 + 1, _label_of(lab, H, W, C, p, sf))
+            _pst(mu_r, s - s0, _scaled(_on_j_plane(code, H, W, r, sf, q), q))
+            _pst(lb_r, s - s0 + 1, _label_of(lab, H, W, C, r, sf))
+    elif axis == 2:
+        for s in range(s0, s1):
+            sf = np.float32(s)
+            _pst(mu_p, s - s0, _scaled(_on_k_plane(code, H, W, p, sf, q), q))
+            _pst(lb_p, s - s0 + 1, _label_of(lab, H, W, C, p, sf))
+            _pst(mu_r, s - s0, _scaled(_on_k_plane(code, H, W, r, sf, q), q))
+            _pst(lb_r, s - s0 + 1, _label_of(lab, H, W, C, r, sf))
+    else:
+        for s in range(s0, s1):
+            sf = np.float32(s)
+            _pst(mu_p, s - s0, _scaled(_anywhere(code, H, W, p, sf, q), q))
+            _pst(lb_p, s - s0 + 1, _label_of(lab, H, W, C, p, sf))
+            _pst(mu_r, s - s0, _scaled(_anywhere(code, H, W, r, sf, q), q))
+            _pst(lb_r, s - s0 + 1, _label_of(lab, H, W, C, r, sf))
+    _pad_labels(lb_p, s1 - s0)
+    _pad_labels(lb_r, s1 - s0)
+    cur_p, acc_p = _scan_runs(mu_p, lb_p, s1 - s0, cur_p, acc_p, out, base_p, N, C, st_p)
+    cur_r, acc_r = _scan_runs(mu_r, lb_r, s1 - s0, cur_r, acc_r, out, base_r, N, C, st_r)
+    return cur_p, acc_p, cur_r, acc_r
+
+
 @njit(fastmath=_FM, cache=True)
 def _pair_setup(D, H, W, cam_to_voxel, src, tgt, r, N, P, SC, CN, AB, k):
     """Geometry of rays ``r``, ``r + 1`` (one image) into row ``k``: ``P[k, 0]`` = p, ``P[k, 1]`` = q,
     ``P[k, 2]`` = q restarted at p's first plane (its sample ``t − o`` at lockstep index ``t``, as in
-    ``_quad_setup``). Returns ``(lo, hi, o)``, ``hi − lo < _MIN_COMMON`` when they cannot march in
-    lockstep (other plane axes or directions, too short a common interior)."""
+    ``_quad_setup``). Returns ``(lo, hi, o, p's plane axis)``, ``hi − lo < _MIN_COMMON`` when they
+    cannot march in lockstep (other plane axes or directions, too short a common interior)."""
     b = r // N
     n = r - b * N
     for j in range(2):
@@ -550,20 +608,20 @@ def _pair_setup(D, H, W, cam_to_voxel, src, tgt, r, N, P, SC, CN, AB, k):
     q = _ray_tuple(P, k, 1)
     axis = _plane_axis(p)
     if not (CN[k, 0] > 0 and CN[k, 1] > 0 and axis != _NO_PLANE and _plane_axis(q) == axis):
-        return 0, 0, 0
+        return 0, 0, 0, axis
     if p[axis + 3] != q[axis + 3]:
-        return 0, 0, 0
+        return 0, 0, 0, axis
     AB[k, 0], AB[k, 1] = _ray_interior(p[0], p[1], p[2], p[3], p[4], p[5], D, H, W, CN[k, 0])
     AB[k, 2], AB[k, 3] = _ray_interior(q[0], q[1], q[2], q[3], q[4], q[5], D, H, W, CN[k, 1])
     o = int((np.float64(q[axis]) - np.float64(p[axis])) * np.float64(p[axis + 3]))
     for c in range(3):
         P[k, 2, c] = np.float32(np.float64(q[c]) - o * np.float64(q[c + 3]))
         P[k, 2, c + 3] = q[c + 3]
-    return max(AB[k, 0], AB[k, 2] + o), min(AB[k, 1], AB[k, 3] + o), o
+    return max(AB[k, 0], AB[k, 2] + o), min(AB[k, 1], AB[k, 3] + o), o, axis
 
 
 @njit(fastmath=_FM, cache=True)
-def _labels_rays_chunk(vol, lab, D, H, W, C, N, cam_to_voxel, src, tgt, out, r0, end):
+def _labels_rays_chunk(vol, code, q, lab, D, H, W, C, N, cam_to_voxel, src, tgt, out, r0, end):
     """Rays ``r0 ≤ r < end`` into the flat ``[B, C, N]`` ``out`` (zeroed). Neighbouring rays go in
     pairs, in lockstep over their common interior, all the chunk's pairs one ``_RUN_BUF`` segment after
     the other (the segment's voxels and labels stay in L2 for the next image rows' rays, as in
@@ -573,7 +631,7 @@ def _labels_rays_chunk(vol, lab, D, H, W, C, N, cam_to_voxel, src, tgt, out, r0,
     SC = np.empty((n_pairs, 2), np.float32)  # mm per sample
     CN = np.empty((n_pairs, 2), np.int64)  # sample counts
     AB = np.empty((n_pairs, 4), np.int64)  # interiors of p and q
-    LH = np.zeros((n_pairs, 3), np.int64)  # common interior (lockstep indices) and q's offset
+    LH = np.zeros((n_pairs, 4), np.int64)  # common interior (lockstep indices), q's offset, plane axis
     RUN = np.empty((n_pairs, 2), np.int64)  # open runs' labels ...
     ACC = np.empty((n_pairs, 2), np.float32)  # ... and sums
     m1 = np.int64(-1)
@@ -583,14 +641,14 @@ def _labels_rays_chunk(vol, lab, D, H, W, C, N, cam_to_voxel, src, tgt, out, r0,
         single = (r % N) + 1 >= N  # the pair would straddle two images
         lo = hi = o = 0
         if not single:
-            lo, hi, o = _pair_setup(D, H, W, cam_to_voxel, src, tgt, r, N, P, SC, CN, AB, k)
+            lo, hi, o, axis = _pair_setup(D, H, W, cam_to_voxel, src, tgt, r, N, P, SC, CN, AB, k)
         if single or hi - lo < _MIN_COMMON:
             for j in range(2):
                 b = (r + j) // N
                 p, scale, cnt = _ray_of(D, H, W, cam_to_voxel, src, tgt, b, r + j - b * N)
                 _labels_one(vol, lab, D, H, W, C, N, p, scale, cnt, out, _base(r + j, N, C))
             continue
-        LH[k, 0], LH[k, 1], LH[k, 2] = lo, hi, o
+        LH[k, 0], LH[k, 1], LH[k, 2], LH[k, 3] = lo, hi, o, axis
         top = max(top, hi)
         RUN[k, 0], ACC[k, 0] = _labels_range(
             vol, lab, D, H, W, C, N, _ray_tuple(P, k, 0), 0, lo, AB[k, 0], AB[k, 1], m1, _F0, out,
@@ -612,8 +670,8 @@ def _labels_rays_chunk(vol, lab, D, H, W, C, N, cam_to_voxel, src, tgt, out, r0,
             if s1 <= s0:
                 continue
             r = r0 + 2 * k
-            RUN[k, 0], ACC[k, 0], RUN[k, 1], ACC[k, 1] = _labels_chunk2(
-                vol, lab, H, W, C, N, _ray_tuple(P, k, 0), _ray_tuple(P, k, 2), s0, s1,
+            RUN[k, 0], ACC[k, 0], RUN[k, 1], ACC[k, 1] = _labels_planes2(
+                code, q, lab, H, W, C, N, LH[k, 3], _ray_tuple(P, k, 0), _ray_tuple(P, k, 2), s0, s1,
                 RUN[k, 0], ACC[k, 0], RUN[k, 1], ACC[k, 1], out, _base(r, N, C), _base(r + 1, N, C),
                 SC[k, 0], SC[k, 1],
             )  # fmt: skip
@@ -633,7 +691,7 @@ def _labels_rays_chunk(vol, lab, D, H, W, C, N, cam_to_voxel, src, tgt, out, r0,
 
 
 @njit(parallel=True, fastmath=_FM, cache=True)
-def _fwd_slice_labels(vol, lab, D, H, W, C, N, cam_to_voxel, src, tgt, out, n_groups, chunk):
+def _fwd_slice_labels(vol, code, q, lab, D, H, W, C, N, cam_to_voxel, src, tgt, out, n_groups, chunk):
     """``out[(b·C + c)·N + n]``: Joseph's line integral along pixel ``n``'s ray of image ``b`` through
     the voxels labelled ``c`` (nearest label; ``out`` zeroed). Chunks are scheduled as in
     ``_fwd_slice_rays``."""
@@ -642,7 +700,9 @@ def _fwd_slice_labels(vol, lab, D, H, W, C, N, cam_to_voxel, src, tgt, out, n_gr
     for g in prange(n_groups):
         for ck in range(g, n_chunks, n_groups):
             r0 = ck * chunk
-            _labels_rays_chunk(vol, lab, D, H, W, C, N, cam_to_voxel, src, tgt, out, r0, min(R, r0 + chunk))
+            _labels_rays_chunk(
+                vol, code, q, lab, D, H, W, C, N, cam_to_voxel, src, tgt, out, r0, min(R, r0 + chunk)
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -739,7 +799,7 @@ def _pose_rays_chunk(vol, D, H, W, M, src, tgt, N, gout, r0, end, dM):
         r = r0 + 2 * k
         lo = hi = o = 0
         if (r % N) + 1 < N:  # both rays in one image
-            lo, hi, o = _pair_setup(D, H, W, M, src, tgt, r, N, P, SC, CN, AB, k)
+            lo, hi, o, _ = _pair_setup(D, H, W, M, src, tgt, r, N, P, SC, CN, AB, k)
         if hi - lo < _MIN_COMMON:
             _pose_ray(vol, D, H, W, M, src, tgt, N, gout, r, dM)
             _pose_ray(vol, D, H, W, M, src, tgt, N, gout, r + 1, dM)
@@ -905,7 +965,7 @@ def slicemarch_rays(
         vol: ``[D, H, W]`` μ on the CPU (float32, float16 or bfloat16).
         cam_to_voxel: ``[B | 1, 4, 4]``. src: ``[B | 1, N | 1, 3]``; tgt: ``[B | 1, N, 3]`` (camera mm).
         fixed_point: read a float32 volume's interior as 16-bit fixed-point codes (see the module
-            docstring; ignored where :func:`fixed_point_codes` declines the volume, and with labels).
+            docstring; ignored where :func:`fixed_point_codes` declines the volume).
         lab: ``[D, H, W]`` integer labels, required when ``n_classes > 1`` (nearest label per sample;
             labels outside ``[0, n_classes)`` are dropped).
         n_classes: ``C >= 1`` output channels.
@@ -928,13 +988,15 @@ def slicemarch_rays(
     D, H, W = vol.shape
     flat = _vol_np(vol.detach().contiguous())
     groups, chunk = _schedule(B * N)
+    fixed = fixed_point_codes(vol) if fixed_point else None
+    code, q = (flat, None) if fixed is None else (fixed[0], np.float32(fixed[1]))
     if lab is not None:
         out = torch.zeros(B, n_classes, N, dtype=torch.float32)
         lab_np = lab.reshape(-1).numpy()
-        _fwd_slice_labels(flat, lab_np, D, H, W, n_classes, N, m, s, t, out.view(-1).numpy(), groups, chunk)
+        _fwd_slice_labels(
+            flat, code, q, lab_np, D, H, W, n_classes, N, m, s, t, out.view(-1).numpy(), groups, chunk
+        )
         return out
     out = torch.empty(B, 1, N, dtype=torch.float32)
-    fixed = fixed_point_codes(vol) if fixed_point else None
-    code, q = (flat, None) if fixed is None else (fixed[0], np.float32(fixed[1]))
     _fwd_slice_rays(flat, code, q, D, H, W, m, s, t, out.view(B, N).numpy(), groups, chunk)
     return out
