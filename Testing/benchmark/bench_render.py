@@ -90,8 +90,6 @@ def applicable(impl: str, labelmap: bool, mode: str) -> str | None:
     """Why ``impl`` cannot run this case, or None."""
     if impl.startswith("plastimatch") and (labelmap or mode != "fwd"):
         return "plain forward only"
-    if impl.startswith("ours-joseph") and labelmap and mode != "fwd":
-        return "labelmap gradients: the torch reference's"
     return None
 
 

@@ -42,10 +42,11 @@ def numpy_raymarch(vol, lab, n_classes, start, delta, step, n_samples):
     return out
 
 
-def torch_raymarch(vol, lab, n_classes, start, delta, step, n_samples):
+def torch_raymarch(vol, lab, n_classes, start, delta, step, n_samples, count=None):
     """Differentiable torch reading of the contract with explicit trilinear weights (for autograd).
 
-    Computes in ``start``'s dtype (use float64 for reference gradients).
+    Computes in ``start``'s dtype (use float64 for reference gradients). ``count [B, N]``: each ray
+    keeps only its samples ``s < count`` (Joseph's per-ray sample counts).
     """
     D, H, W = vol.shape
     size = torch.tensor([W, H, D], device=start.device)
@@ -62,6 +63,8 @@ def torch_raymarch(vol, lab, n_classes, start, delta, step, n_samples):
         inside = ((idx >= 0) & (idx < size)).all(-1)
         c = torch.minimum(idx.clamp(min=0), size - 1)
         mu = mu + w * flat[(c[..., 2] * H + c[..., 1]) * W + c[..., 0]] * inside
+    if count is not None:
+        mu = mu * (s[..., 0] < count[:, :, None].to(s.dtype))
     if n_classes == 1:
         return (step * mu.sum(-1))[:, None, :]
     r = torch.round(p.detach()).long()

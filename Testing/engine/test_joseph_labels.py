@@ -226,7 +226,7 @@ def test_render_sends_labelmaps_without_gradients_to_the_fused_kernel(labelled_p
     assert fast.shape == ref.shape == (2, subject.n_classes, 20, 23) and ref.amax() > 1.0
     torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-4 * ref.amax().item())
 
-    pose = rt.clone().requires_grad_(True)  # gradients: the torch reference, which differentiates
+    pose = rt.clone().requires_grad_(True)  # gradients: the ray march on Joseph's samples (counts)
     out = drr(subject, pose, method="joseph")
     out.sum().backward()
     assert calls == [subject.n_classes] and pose.grad is not None and pose.grad.abs().sum() > 0

@@ -46,7 +46,7 @@ def render(
             the plane; ``n_samples`` is ignored). Joseph's method is as accurate against exact line
             integrals and reads half the voxels per sample: the fastest CPU path (numba) for renders
             without gradients (plain or labelmap) and plain renders with pose gradients (registration);
-            volume gradients, labelmaps with gradients and GPUs use the torch reference.
+            on CPU its other gradients (volume, labelmaps) are fused too; GPUs use the torch reference.
 
     Returns:
         ``[B, C, H, W]``: C = ``subject.n_classes`` channels (1 without a labelmap); the channels sum to
@@ -128,9 +128,10 @@ def render(
 
 
 def _joseph(vol, lab, C, cam_to_voxel, src, tgt, shape, backend: str) -> torch.Tensor:
-    """Joseph's render: the fused numba kernel for CPU renders without gradients (plain or labelmap)
-    and plain ones with pose gradients only, else the torch reference on ``slice_geometry``'s samples
-    (volume gradients, labelmaps with gradients, GPUs)."""
+    """Joseph's render on CPU (numba): the fused slice march for renders without gradients (plain or
+    labelmap) and plain ones with pose gradients only; other gradients (volume, labelmaps with pose
+    gradients) take the numba ray march on ``slice_geometry``'s samples with per-ray counts. GPUs use
+    the torch reference on those samples."""
     name, _ = resolve_backend(backend, vol.device, vol.dtype)  # validates the name for this device
     if name == "numba" and not _needs_grad(vol, cam_to_voxel, src, tgt):
         from .backends.numba_slices import slicemarch_rays
@@ -142,12 +143,14 @@ def _joseph(vol, lab, C, cam_to_voxel, src, tgt, shape, backend: str) -> torch.T
         return slicemarch_pose_differentiable(vol, cam_to_voxel, src, tgt)
     if backend not in ("auto", "torch", "numba"):
         raise ValueError(f"backend: method='joseph' runs on 'numba' (CPU) or 'torch', not {backend!r}")
-    from .backends.torch_ref import raymarch as ref
-
     B = max(cam_to_voxel.shape[0], src.shape[0], tgt.shape[0])
     start, delta, step, count = slice_geometry(cam_to_voxel.expand(B, 4, 4), src, tgt, shape)
     n = max(1, int(count.max())) if count.numel() else 1
-    return ref(vol, lab, C, start.float(), delta.float(), step.float(), n, count=count)
+    if name == "numba":
+        from .backends.numba_cpu import raymarch
+    else:
+        from .backends.torch_ref import raymarch
+    return raymarch(vol, lab, C, start.float(), delta.float(), step.float(), n, count=count)
 
 
 def _needs_grad(*tensors: torch.Tensor) -> bool:

@@ -61,6 +61,23 @@ def check_raymarch_args(vol, lab, n_classes, start, delta, step, n_samples) -> N
             raise ValueError(f"{name}: on {t.device}, but vol is on {vol.device}")
 
 
+def check_sample_counts(count, B: int, N: int, n_samples: int, device: torch.device) -> None:
+    """Raise ``ValueError`` unless ``count`` (per-ray sample counts, Joseph's slices) is None or an
+    integer ``[B, N]`` tensor on ``device`` with values in ``[0, n_samples]``."""
+    if count is None:
+        return
+    if not isinstance(count, torch.Tensor) or tuple(count.shape) != (B, N):
+        raise ValueError(f"count: expected an integer [{B}, {N}] tensor or None, got {describe(count)}")
+    if count.is_floating_point() or count.is_complex() or count.dtype == torch.bool:
+        raise ValueError(f"count: expected an integer tensor, got {count.dtype}")
+    if count.device != device:
+        raise ValueError(f"count: on {count.device}, but vol is on {device}")
+    if count.numel() and not (0 <= int(count.min()) and int(count.max()) <= n_samples):
+        raise ValueError(
+            f"count: values must lie in [0, n_samples={n_samples}], got [{int(count.min())}, {int(count.max())}]"
+        )
+
+
 def check_ray_count(B: int, N: int, n_classes: int, name: str) -> None:
     """Raise ``ValueError`` (naming ``name``) when ``B × N`` rays overflow the kernels' int32 indexing."""
     if B * n_classes * N > INT32_MAX or 3 * B * N > INT32_MAX:

@@ -25,6 +25,7 @@ from .numba_cpu import (
     _EMPTY_LAB,
     _FM,
     _IMPORT_ERROR,
+    _NO_COUNT,
     _bwd_rays_chunk,
     _labels_rays,
     _plain_rays,
@@ -127,9 +128,9 @@ def _fwd_camera(vol, lab, C, D, H, W, M, src, tgt, N, n, out, n_groups, chunk):
             m = min(R, r0 + chunk) - r0
             _camera_rays(M, src, tgt, N, D, H, W, n, r0, r0 + m, start, delta, step)
             if lab is not None:  # resolved at compile time
-                _labels_rays(vol, lab, D, H, W, C, N, start, delta, step, n, 0, m, out, r0)
+                _labels_rays(vol, lab, D, H, W, C, N, start, delta, step, n, _NO_COUNT, 0, m, out, r0)
             else:
-                _plain_rays(vol, D, H, W, start, delta, step, n, 0, m, out, r0)
+                _plain_rays(vol, D, H, W, start, delta, step, n, _NO_COUNT, 0, m, out, r0)
 
 
 @njit(fastmath=_FM, cache=True)
@@ -216,8 +217,8 @@ def _bwd_camera(vol, lab, C, D, H, W, M, src, tgt, N, n, gout, n_groups, chunk, 
             r0 = ck * chunk
             m = min(R, r0 + chunk) - r0
             _camera_rays(M, src, tgt, N, D, H, W, n, r0, r0 + m, start, delta, step)
-            _bwd_rays_chunk(vol, lab, C, N, D, H, W, gout, start, delta, step, n, dstart, ddelta, dstep,
-                            True, True, 0, m, r0)  # fmt: skip
+            _bwd_rays_chunk(vol, lab, C, N, D, H, W, gout, start, delta, step, n, _NO_COUNT, dstart, ddelta,
+                            dstep, True, True, 0, m, r0)  # fmt: skip
             for k in range(m):
                 r = r0 + k
                 b = r // N
