@@ -666,8 +666,8 @@ class NanoDRRLogic(ScriptedLoadableModuleLogic, NanoDRRLib.NanoDRRLogic):
     def methodFromParameters(p) -> str:
         """NanoDRRLib's ``method`` ("joseph" or "raymarch") for the parameter node's sampling.
 
-        Joseph's fused kernel is CPU-only; on a GPU the ray march (Triton kernel) is the fast path, so
-        the GUI's Joseph choice renders with it there rather than with the slow torch reference.
+        Joseph's fast kernels are CPU ones (bilinear plane reads, 16-bit codes); on a GPU the engine runs
+        Joseph's samples through the Triton ray march, so the GUI renders its native ray march there.
         """
         method = SamplingMethod(p.sampling).value
         if method == "joseph" and p.device != "cpu":

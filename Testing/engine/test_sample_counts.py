@@ -134,3 +134,16 @@ def test_joseph_volume_gradients_take_the_counted_march(labelled_phantom, numba_
     # nothing outside the reference's support (which is wider by ~1e-6-weight corners: grid_sample's
     # normalised coordinates put samples on voxel planes up to a rounding off them)
     assert not ((fast != 0) & (ref == 0)).any()
+
+
+def test_the_op_with_counts_passes_opcheck(numba_cpu):
+    """Schema, fake kernel and autograd registration stay consistent with the optional counts."""
+    vol = make_volume(49).requires_grad_()
+    start, delta, step = make_rays(50, 16, n_random=12)
+    start.requires_grad_()
+    count = _counts(step, 16, seed=51).to(torch.int64)
+    torch.library.opcheck(
+        numba_cpu._raymarch_op,
+        (vol, None, 1, start, delta, step, 16, count),
+        test_utils=("test_schema", "test_autograd_registration", "test_faketensor"),
+    )

@@ -46,7 +46,7 @@ def render(
             the plane; ``n_samples`` is ignored). Joseph's method is as accurate against exact line
             integrals and reads half the voxels per sample: the fastest CPU path (numba) for renders
             without gradients (plain or labelmap) and plain renders with pose gradients (registration);
-            on CPU its other gradients (volume, labelmaps) are fused too; GPUs use the torch reference.
+            its other gradients (volume, labelmaps) and GPUs run the fused ray march on its samples.
 
     Returns:
         ``[B, C, H, W]``: C = ``subject.n_classes`` channels (1 without a labelmap); the channels sum to
@@ -99,7 +99,7 @@ def render(
     if method == "joseph":
         if soft:
             raise ValueError("soft_labels: not available with method='joseph'")
-        out = _joseph(vol, lab, C, cam_to_voxel, src, tgt, subject.shape, backend)
+        out = _joseph(vol, lab, C, cam_to_voxel, src, tgt, subject.shape, backend, width)
         return out.reshape(B, C, height, width)
 
     if not soft:
@@ -127,11 +127,11 @@ def render(
     return out.reshape(B, C, height, width)
 
 
-def _joseph(vol, lab, C, cam_to_voxel, src, tgt, shape, backend: str) -> torch.Tensor:
-    """Joseph's render on CPU (numba): the fused slice march for renders without gradients (plain or
+def _joseph(vol, lab, C, cam_to_voxel, src, tgt, shape, backend: str, width: int) -> torch.Tensor:
+    """Joseph's render. On CPU (numba): the fused slice march for renders without gradients (plain or
     labelmap) and plain ones with pose gradients only; other gradients (volume, labelmaps with pose
-    gradients) take the numba ray march on ``slice_geometry``'s samples with per-ray counts. GPUs use
-    the torch reference on those samples."""
+    gradients) take the numba ray march on ``slice_geometry``'s samples with per-ray counts. On CUDA
+    (Triton) every render takes the Triton ray march on those samples, with the counts."""
     name, _ = resolve_backend(backend, vol.device, vol.dtype)  # validates the name for this device
     if name == "numba" and not _needs_grad(vol, cam_to_voxel, src, tgt):
         from .backends.numba_slices import slicemarch_rays
@@ -141,16 +141,19 @@ def _joseph(vol, lab, C, cam_to_voxel, src, tgt, shape, backend: str) -> torch.T
         from .backends.numba_slices import slicemarch_pose_differentiable
 
         return slicemarch_pose_differentiable(vol, cam_to_voxel, src, tgt)
-    if backend not in ("auto", "torch", "numba"):
-        raise ValueError(f"backend: method='joseph' runs on 'numba' (CPU) or 'torch', not {backend!r}")
     B = max(cam_to_voxel.shape[0], src.shape[0], tgt.shape[0])
     start, delta, step, count = slice_geometry(cam_to_voxel.expand(B, 4, 4), src, tgt, shape)
     n = max(1, int(count.max())) if count.numel() else 1
+    extra = {}
     if name == "numba":
         from .backends.numba_cpu import raymarch
+    elif name == "triton":
+        from .backends.triton_gpu import raymarch
+
+        extra = {"width": width}  # pixel tiles, as the ray march's
     else:
         from .backends.torch_ref import raymarch
-    return raymarch(vol, lab, C, start.float(), delta.float(), step.float(), n, count=count)
+    return raymarch(vol, lab, C, start.float(), delta.float(), step.float(), n, count=count, **extra)
 
 
 def _needs_grad(*tensors: torch.Tensor) -> bool:

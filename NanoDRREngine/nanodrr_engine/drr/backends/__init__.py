@@ -27,6 +27,9 @@ Returns float32 ``out[b, c, n] = step[b, n] * Σ_s μ(p_s) [label(p_s) == c]`` w
 label is ``>= C`` (or negative) are dropped. With ``C == 1`` every sample goes to channel 0.
 
 Gradients flow to ``vol``, ``start``, ``delta`` and ``step`` (labels are not differentiable).
+
+Optional keyword ``count``: ``[B, N]`` integer per-ray sample counts in ``[0, S]``; ray ``(b, n)`` then
+sums only ``s < count[b, n]`` (Joseph's slices, :func:`~nanodrr_engine.drr.rays.slice_geometry`).
 """
 
 from __future__ import annotations

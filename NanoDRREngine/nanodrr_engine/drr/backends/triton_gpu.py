@@ -20,6 +20,8 @@ Design notes:
   would give as ``Σ_s μ(p_s)``: for a ray that misses, μ is 0 along it anyway.
 - The backward recomputes the samples; ``d/dvol`` uses relaxed ``atomic_add`` (8 per sample, skipped
   where the upstream gradient is 0), the ray gradients stay in registers.
+- Optional ``count`` (Joseph's slices): each ray masks its samples ``s >= count``, and a block stops at
+  its largest count.
 - Optional ``width``: when the rays are an image of this many columns, a program takes a
   ``BLOCK // 16 × 16`` pixel tile instead of ``BLOCK`` consecutive pixels of a row, which keeps its
   samples closer together in the volume (better cache reuse of the trilinear gathers).
@@ -33,7 +35,7 @@ import os
 import torch
 from torch import Tensor
 
-from ._contract import check_raymarch_args
+from ._contract import check_raymarch_args, check_sample_counts
 
 try:
     import triton
@@ -114,10 +116,17 @@ def _round_half_even(x):
 
 
 @_jit
-def _march_setup(start_ptr, delta_ptr, step_ptr, base, m, SPLIT: tl.constexpr, S, chunk):
-    """Load a block's rays and its sample range ``[s_lo, s_hi)`` (empty if every ray misses)."""
+def _march_setup(
+    start_ptr, delta_ptr, step_ptr, count_ptr, base, m, SPLIT: tl.constexpr, HAS_COUNT: tl.constexpr, S, chunk
+):
+    """Load a block's rays, their sample counts (``S`` each without ``count``) and the block's sample
+    range ``[s_lo, s_hi)`` (empty if every ray misses, cut at the block's largest count)."""
     st = tl.load(step_ptr + base, mask=m, other=0.0)
     act = m & (st != 0.0)
+    if HAS_COUNT:
+        cnt = tl.load(count_ptr + base, mask=act, other=0).to(tl.int32)
+    else:
+        cnt = tl.zeros_like(st).to(tl.int32) + S
     sx = tl.load(start_ptr + base * 3 + 0, mask=act, other=0.0)
     sy = tl.load(start_ptr + base * 3 + 1, mask=act, other=0.0)
     sz = tl.load(start_ptr + base * 3 + 2, mask=act, other=0.0)
@@ -133,7 +142,9 @@ def _march_setup(start_ptr, delta_ptr, step_ptr, base, m, SPLIT: tl.constexpr, S
         s_hi = S
     any_hit = tl.max(act.to(tl.int32), axis=0)
     s_hi = tl.maximum(s_lo + (s_hi - s_lo) * any_hit, s_lo)
-    return st, act, sx, sy, sz, dx, dy, dz, s_lo, s_hi
+    if HAS_COUNT:
+        s_hi = tl.maximum(tl.minimum(s_hi, tl.max(tl.where(act, cnt, 0), axis=0)), s_lo)
+    return st, act, cnt, sx, sy, sz, dx, dy, dz, s_lo, s_hi
 
 
 @_jit
@@ -156,6 +167,7 @@ def _fwd_kernel(
     start_ptr,
     delta_ptr,
     step_ptr,
+    count_ptr,
     out_ptr,
     B,
     N,
@@ -168,6 +180,7 @@ def _fwd_kernel(
     IW,
     B_TILES,
     HAS_LAB: tl.constexpr,
+    HAS_COUNT: tl.constexpr,
     SPLIT: tl.constexpr,
     TW: tl.constexpr,
     BLOCK: tl.constexpr,
@@ -175,8 +188,8 @@ def _fwd_kernel(
     """``out[k, b, c, n]`` = partial sum of the contract over the k-th chunk of samples."""
     b, n, m = _ray_block(N, IW, B_TILES, BLOCK, TW)
     base = b * N + n
-    st, act, sx, sy, sz, dx, dy, dz, s_lo, s_hi = _march_setup(
-        start_ptr, delta_ptr, step_ptr, base, m, SPLIT, S, chunk
+    st, act, cnt, sx, sy, sz, dx, dy, dz, s_lo, s_hi = _march_setup(
+        start_ptr, delta_ptr, step_ptr, count_ptr, base, m, SPLIT, HAS_COUNT, S, chunk
     )
     if SPLIT > 1:
         out_base = (tl.program_id(1) * B + b) * C * N + n
@@ -190,15 +203,16 @@ def _fwd_kernel(
     acc = tl.zeros([BLOCK], dtype=tl.float32)
     cur = tl.zeros([BLOCK], dtype=tl.int32)
     for s in range(s_lo, s_hi):
+        live = act & (s < cnt)  # the ray's own samples only
         sf = s * 1.0
         xc, ix, fx, inx0, inx1 = _cell(sx + sf * dx, Wf, W)
         yc, iy, fy, iny0, iny1 = _cell(sy + sf * dy, Hf, H)
         zc, iz, fz, inz0, inz1 = _cell(sz + sf * dz, Df, D)
         p = vol_ptr + (iz * H + iy) * W + ix
-        m00 = act & inz0 & iny0
-        m01 = act & inz0 & iny1
-        m10 = act & inz1 & iny0
-        m11 = act & inz1 & iny1
+        m00 = live & inz0 & iny0
+        m01 = live & inz0 & iny1
+        m10 = live & inz1 & iny0
+        m11 = live & inz1 & iny1
         v000 = tl.load(p, mask=m00 & inx0, other=0.0).to(tl.float32)
         v001 = tl.load(p + 1, mask=m00 & inx1, other=0.0).to(tl.float32)
         v010 = tl.load(p + W, mask=m01 & inx0, other=0.0).to(tl.float32)
@@ -218,9 +232,9 @@ def _fwd_kernel(
             rx = _round_half_even(xc)
             ry = _round_half_even(yc)
             rz = _round_half_even(zc)
-            inl = act & (rx >= 0) & (rx < W) & (ry >= 0) & (ry < H) & (rz >= 0) & (rz < D)
+            inl = live & (rx >= 0) & (rx < W) & (ry >= 0) & (ry < H) & (rz >= 0) & (rz < D)
             cls = tl.load(lab_ptr + (rz * H + ry) * W + rx, mask=inl, other=0).to(tl.int32)
-            ok = act & (cls >= 0) & (cls < C) & (val != 0.0)
+            ok = live & (cls >= 0) & (cls < C) & (val != 0.0)
             # A sample of another label flushes the run: each lane owns row n, so no atomics
             flush = ok & (cls != cur) & (acc != 0.0)
             q = out_ptr + out_base + cur * N
@@ -246,6 +260,7 @@ def _bwd_kernel(
     start_ptr,
     delta_ptr,
     step_ptr,
+    count_ptr,
     go_ptr,
     gvol_ptr,
     gstart_ptr,
@@ -262,6 +277,7 @@ def _bwd_kernel(
     IW,
     B_TILES,
     HAS_LAB: tl.constexpr,
+    HAS_COUNT: tl.constexpr,
     NEED_VOL: tl.constexpr,
     NEED_RAY: tl.constexpr,
     SPLIT: tl.constexpr,
@@ -273,8 +289,8 @@ def _bwd_kernel(
     ``g_s = go[b, label_s, n]``."""
     b, n, m = _ray_block(N, IW, B_TILES, BLOCK, TW)
     base = b * N + n
-    st, act, sx, sy, sz, dx, dy, dz, s_lo, s_hi = _march_setup(
-        start_ptr, delta_ptr, step_ptr, base, m, SPLIT, S, chunk
+    st, act, cnt, sx, sy, sz, dx, dy, dz, s_lo, s_hi = _march_setup(
+        start_ptr, delta_ptr, step_ptr, count_ptr, base, m, SPLIT, HAS_COUNT, S, chunk
     )
     go_base = b * C * N + n
     Wf = W * 1.0
@@ -293,6 +309,7 @@ def _bwd_kernel(
     b_z = tl.zeros([BLOCK], dtype=tl.float32)
     a_s = tl.zeros([BLOCK], dtype=tl.float32)
     for s in range(s_lo, s_hi):
+        live = act & (s < cnt)  # the ray's own samples only
         sf = s * 1.0
         xc, ix, fx, inx0, inx1 = _cell(sx + sf * dx, Wf, W)
         yc, iy, fy, iny0, iny1 = _cell(sy + sf * dy, Hf, H)
@@ -301,17 +318,17 @@ def _bwd_kernel(
             rx = _round_half_even(xc)
             ry = _round_half_even(yc)
             rz = _round_half_even(zc)
-            inl = act & (rx >= 0) & (rx < W) & (ry >= 0) & (ry < H) & (rz >= 0) & (rz < D)
+            inl = live & (rx >= 0) & (rx < W) & (ry >= 0) & (ry < H) & (rz >= 0) & (rz < D)
             cls = tl.load(lab_ptr + (rz * H + ry) * W + rx, mask=inl, other=0).to(tl.int32)
-            reload = act & (cls != gcls)
+            reload = live & (cls != gcls)
             g_new = tl.load(go_ptr + go_base + cls * N, mask=reload & (cls >= 0) & (cls < C), other=0.0)
             g = tl.where(reload, g_new, g)
             gcls = tl.where(reload, cls, gcls)
         idx = (iz * H + iy) * W + ix
-        m00 = act & inz0 & iny0
-        m01 = act & inz0 & iny1
-        m10 = act & inz1 & iny0
-        m11 = act & inz1 & iny1
+        m00 = live & inz0 & iny0
+        m01 = live & inz0 & iny1
+        m10 = live & inz1 & iny0
+        m11 = live & inz1 & iny1
         if NEED_RAY:
             p = vol_ptr + idx
             v000 = tl.load(p, mask=m00 & inx0, other=0.0).to(tl.float32)
@@ -431,6 +448,7 @@ def _raymarch_op(
     step: Tensor,
     n_samples: int,
     width: int,
+    count: Tensor | None,
 ) -> Tensor:
     lab_arg, has_lab, B, N, D, H, W = _prepare(vol, lab, n_classes, start)
     C = n_classes
@@ -447,6 +465,7 @@ def _raymarch_op(
             start,
             delta,
             step,
+            step if count is None else count,
             out,
             B,
             N,
@@ -459,6 +478,7 @@ def _raymarch_op(
             max(width, 1),
             tiles,
             HAS_LAB=has_lab,
+            HAS_COUNT=count is not None,
             SPLIT=split,
             TW=tw,
             BLOCK=_BLOCK,
@@ -468,7 +488,7 @@ def _raymarch_op(
 
 
 @_raymarch_op.register_fake
-def _(vol, lab, n_classes, start, delta, step, n_samples, width):
+def _(vol, lab, n_classes, start, delta, step, n_samples, width, count):
     B, N, _ = start.shape
     return start.new_empty((B, n_classes, N), dtype=torch.float32)
 
@@ -484,6 +504,7 @@ def _raymarch_backward_op(
     step: Tensor,
     n_samples: int,
     width: int,
+    count: Tensor | None,
     need_vol: bool,
     need_ray: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -504,6 +525,7 @@ def _raymarch_backward_op(
             start,
             delta,
             step,
+            step if count is None else count,
             grad,
             gvol if need_vol else grad,
             gstart if need_ray else grad,
@@ -520,6 +542,7 @@ def _raymarch_backward_op(
             max(width, 1),
             tiles,
             HAS_LAB=has_lab,
+            HAS_COUNT=count is not None,
             NEED_VOL=need_vol,
             NEED_RAY=need_ray,
             SPLIT=split,
@@ -535,7 +558,7 @@ def _raymarch_backward_op(
 
 
 @_raymarch_backward_op.register_fake
-def _(grad, vol, lab, n_classes, start, delta, step, n_samples, width, need_vol, need_ray):
+def _(grad, vol, lab, n_classes, start, delta, step, n_samples, width, count, need_vol, need_ray):
     B, N, _ = start.shape
     gvol = vol.new_empty(vol.shape) if need_vol else start.new_empty(0)
     gstart = start.new_empty((B, N, 3) if need_ray else 0)
@@ -544,18 +567,18 @@ def _(grad, vol, lab, n_classes, start, delta, step, n_samples, width, need_vol,
 
 
 def _setup_context(ctx, inputs, output):
-    vol, lab, n_classes, start, delta, step, n_samples, width = inputs
-    ctx.save_for_backward(vol, lab, start, delta, step)
+    vol, lab, n_classes, start, delta, step, n_samples, width, count = inputs
+    ctx.save_for_backward(vol, lab, start, delta, step, count)
     ctx.n_classes, ctx.n_samples, ctx.width = n_classes, n_samples, width
 
 
 def _backward(ctx, grad):
-    vol, lab, start, delta, step = ctx.saved_tensors
+    vol, lab, start, delta, step, count = ctx.saved_tensors
     need = ctx.needs_input_grad
     need_vol = bool(need[0])
     need_ray = bool(need[3] or need[4] or need[5])
     gvol, gstart, gdelta, gstep = _raymarch_backward_op(
-        grad, vol, lab, ctx.n_classes, start, delta, step, ctx.n_samples, ctx.width, need_vol, need_ray
+        grad, vol, lab, ctx.n_classes, start, delta, step, ctx.n_samples, ctx.width, count, need_vol, need_ray
     )
     return (
         gvol if need_vol else None,
@@ -564,6 +587,7 @@ def _backward(ctx, grad):
         gstart if need[3] else None,
         gdelta if need[4] else None,
         gstep if need[5] else None,
+        None,
         None,
         None,
     )
@@ -579,10 +603,11 @@ _raymarch_op.register_autograd(_backward, setup_context=_setup_context)
 _VOL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def _check(vol, lab, n_classes, start, delta, step, n_samples, width) -> None:
+def _check(vol, lab, n_classes, start, delta, step, n_samples, width, count) -> None:
     if triton is None:
         raise RuntimeError("triton backend: triton is not installed")
     check_raymarch_args(vol, lab, n_classes, start, delta, step, n_samples)
+    check_sample_counts(count, *step.shape, n_samples, vol.device)
     if vol.dtype not in _VOL_DTYPES:
         raise ValueError(f"vol: expected one of {_VOL_DTYPES}, got {vol.dtype}")
     if n_classes > 1 and lab.dtype == torch.bool:
@@ -606,6 +631,7 @@ def raymarch(
     n_samples: int,
     *,
     width: int = 0,
+    count: Tensor | None = None,
 ) -> Tensor:
     """Fused ray march; see :mod:`nanodrr_engine.drr.backends` for the contract.
 
@@ -619,11 +645,15 @@ def raymarch(
         n_samples: ``S >= 1``.
         width: optional image width when the ``N`` rays are a row-major image of ``width`` columns;
             only changes which rays share a program (2-D tiles, better cache reuse), not the result.
+        count: ``[B, N]`` integer per-ray sample counts in ``[0, S]`` (ray ``r`` keeps its samples
+            ``s < count[r]``: Joseph's slices), or ``None``.
 
     Returns:
         ``[B, C, N]`` float32.
     """
-    _check(vol, lab, n_classes, start, delta, step, n_samples, width)
+    _check(vol, lab, n_classes, start, delta, step, n_samples, width, count)
+    if count is not None:
+        count = count.detach().to(torch.int32).contiguous()
     return _raymarch_op(
         vol.contiguous(),
         lab if n_classes > 1 else None,
@@ -633,4 +663,5 @@ def raymarch(
         step.float().contiguous(),
         n_samples,
         width,
+        count,
     )
