@@ -8,8 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 from contract_reference import torch_raymarch
-from nanodrr_engine import DRR, Subject, make_rt_inv
-from nanodrr_engine.data.phantom import make_chest_phantom, rotation_matrix
+from nanodrr_engine import Subject
 from nanodrr_engine.drr.backends import available_backends
 from test_backend_numba import _assert_close, make_labels, make_rays, make_volume
 
@@ -68,18 +67,6 @@ def test_counts_are_checked_and_named(numba_cpu):
     ):
         with pytest.raises(ValueError, match=match):
             numba_cpu.raymarch(vol, None, 1, start, delta, step, 8, count=bad)
-
-
-@pytest.fixture(scope="module")
-def labelled_phantom():
-    vol, labels, v2w, _ = make_chest_phantom(spacing=(3.0, 3.5, 4.0), direction=rotation_matrix(rz=20.0))
-    subject = Subject.from_array(vol, v2w, label=labels)
-    drr = DRR.from_carm_intrinsics(1020.0, 12.0, 12.0, 0.0, 0.0, 20, 23)
-    rot = torch.tensor([[35.0, 20.0, 10.0], [-50.0, 5.0, 0.0]], dtype=torch.float64)
-    rt = make_rt_inv(
-        rot, torch.tensor([[0.0, 850.0, 0.0]], dtype=torch.float64).expand(2, 3), "AP", subject.isocenter
-    )
-    return subject, drr, rt
 
 
 def _spy(monkeypatch, numba_cpu):
