@@ -132,7 +132,7 @@ def _joseph(vol, lab, C, cam_to_voxel, src, tgt, shape, backend: str, width: int
     labelmap) and plain ones with pose gradients only; other gradients (volume, labelmaps with pose
     gradients) take the numba ray march on ``slice_geometry``'s samples with per-ray counts. On CUDA
     (Triton) every render takes the Triton ray march on those samples, with the counts."""
-    name, _ = resolve_backend(backend, vol.device, vol.dtype)  # validates the name for this device
+    name, op = resolve_backend(backend, vol.device, vol.dtype)  # validates the name for this device
     if name == "numba" and not _needs_grad(vol, cam_to_voxel, src, tgt):
         from .backends.numba_slices import slicemarch_rays
 
@@ -144,16 +144,8 @@ def _joseph(vol, lab, C, cam_to_voxel, src, tgt, shape, backend: str, width: int
     B = max(cam_to_voxel.shape[0], src.shape[0], tgt.shape[0])
     start, delta, step, count = slice_geometry(cam_to_voxel.expand(B, 4, 4), src, tgt, shape)
     n = max(1, int(count.max())) if count.numel() else 1
-    extra = {}
-    if name == "numba":
-        from .backends.numba_cpu import raymarch
-    elif name == "triton":
-        from .backends.triton_gpu import raymarch
-
-        extra = {"width": width}  # pixel tiles, as the ray march's
-    else:
-        from .backends.torch_ref import raymarch
-    return raymarch(vol, lab, C, start.float(), delta.float(), step.float(), n, count=count, **extra)
+    extra = {"width": width} if name == "triton" else {}  # pixel tiles, as the ray march's
+    return op(vol, lab, C, start.float(), delta.float(), step.float(), n, count=count, **extra)
 
 
 def _needs_grad(*tensors: torch.Tensor) -> bool:
