@@ -51,7 +51,8 @@ outputs and zero gradients, never out-of-bounds reads.
 Per-ray sample counts (``count``, Joseph's slices: ray ``r`` keeps its samples ``s < count[r]``) replace
 ``n`` ray by ray in every kernel, forward and backward; ``n`` (their maximum) only bounds the segments.
 This is how ``method="joseph"`` gets volume gradients and labelmaps with gradients on CPU (200² chest
-CT: volume gradient 0.6 s, labelmap + pose gradient 0.2 s; the torch reference took 4.8 s for each).
+CT: volume gradient 0.4-0.6 s, as the ray march's; labelmap + pose gradient 0.2 s; the torch reference took
+4.8 s or more for each).
 """
 
 from __future__ import annotations
