@@ -126,7 +126,7 @@ def test_inputs_other_than_the_pose_that_require_grad_are_named():
 
 def test_compiled_renders_run_the_fused_kernels_eagerly(subject):
     """torch.compile cannot trace numba: the fused entry points are excluded from the graph (a graph
-    break), so compiled renders, forward, labelmap and pose gradient, equal the eager ones."""
+    break), so compiled renders, forward and pose gradient, plain and labelmap, equal the eager ones."""
     drr = DRR.from_carm_intrinsics(1020.0, 12.0, 12.0, 0.0, 0.0, 10, 12)
     labelled = subject.with_labels(np.ones(subject.shape, np.int64) + (np.arange(subject.shape[2]) > 20))
 
@@ -139,11 +139,12 @@ def test_compiled_renders_run_the_fused_kernels_eagerly(subject):
     with torch.no_grad():
         torch.testing.assert_close(compiled(subject, rot), f(subject, rot))
         torch.testing.assert_close(compiled(labelled, rot), f(labelled, rot))
-    r_c, r_e = rot.clone().requires_grad_(True), rot.clone().requires_grad_(True)
-    compiled(subject, r_c).sum().backward()
-    f(subject, r_e).sum().backward()
-    assert r_e.grad.abs().amax() > 1e-3
-    torch.testing.assert_close(r_c.grad, r_e.grad)
+    for subj in (subject, labelled):  # labelled: the ray march on Joseph's samples with per-ray counts
+        r_c, r_e = rot.clone().requires_grad_(True), rot.clone().requires_grad_(True)
+        compiled(subj, r_c).sum().backward()
+        f(subj, r_e).sum().backward()
+        assert r_e.grad.abs().amax() > 1e-3
+        torch.testing.assert_close(r_c.grad, r_e.grad)
 
 
 def test_rays_in_lockstep_pairs_with_plane_offsets_get_their_own_gradients():
