@@ -86,6 +86,7 @@ def loadVolume(scene, path, name: str | None = None, labelmap: bool = False):
     path = Path(path)
     if not path.is_file():
         raise NanoDRRError(f"path: no such volume file {path}")
+    _checkComplete(path)  # Slicer's readers load a truncated NIfTI silently (missing voxels = 0)
     cls = "vtkMRMLLabelMapVolumeNode" if labelmap else "vtkMRMLScalarVolumeNode"
     node = scene.AddNewNodeByClass(cls, name or _stem(path))
     storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
@@ -99,6 +100,17 @@ def loadVolume(scene, path, name: str | None = None, labelmap: bool = False):
         raise NanoDRRError(f"path: could not read the volume {path}")
     node.SetAndObserveStorageNodeID(storage.GetID())
     return node
+
+
+def _checkComplete(path: Path) -> None:
+    """NanoDRRError naming the file when it holds fewer voxel bytes than its header promises, or its
+    compressed data is damaged (``nanodrr_engine.data.io.check_complete``)."""
+    from nanodrr_engine.data.io import check_complete
+
+    try:
+        check_complete(path, "path")
+    except ValueError as e:
+        raise NanoDRRError(str(e)) from None
 
 
 def readStructureNames(path) -> dict[int, str]:
@@ -123,8 +135,13 @@ def loadSegmentation(scene, path, referenceVolumeNode=None, name: str | None = N
     path = Path(path)
     if not path.is_file():
         raise NanoDRRError(f"path: no such segmentation file {path}")
+    segFile = str(path).lower().endswith(".seg.nrrd")
+    if segFile:
+        _checkComplete(path)  # before any node is created
+    # a labelmap is read (and checked) before the segmentation node exists: a bad file leaves no node
+    labelmap = None if segFile else loadVolume(scene, path, "__NanoDRR_labels__", labelmap=True)
     segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name or _stem(path))
-    if str(path).lower().endswith(".seg.nrrd"):
+    if segFile:
         storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
         storage.SetFileName(str(path))
         if not storage.ReadData(segmentation):
@@ -135,7 +152,6 @@ def loadSegmentation(scene, path, referenceVolumeNode=None, name: str | None = N
         segmentation.CreateDefaultDisplayNodes()
         return segmentation
 
-    labelmap = loadVolume(scene, path, "__NanoDRR_labels__", labelmap=True)
     try:
         if referenceVolumeNode is not None:
             segmentation.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolumeNode)
