@@ -205,6 +205,7 @@ class NanoDRRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._applyingPose = False
         self._syncingPose = False
         self._updatingLive = False
+        self._liveErrorShown = False
         self._finalizeTimer = None
 
     def setup(self) -> None:
@@ -525,6 +526,7 @@ class NanoDRRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     p,
                     schedule=lambda callback: qt.QTimer.singleShot(0, callback),
                     onRendered=self.onLiveRendered,
+                    onError=self.onLiveError,
                 )
                 self._live.start()  # renders once at full resolution
                 self.logic.showDRR(p.outputVolume, switchLayout=True, showIn3D=p.showGeometry)
@@ -536,11 +538,19 @@ class NanoDRRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p.live = False
 
     def onLiveRendered(self, *args) -> None:
+        if self._live is not None and self._live.lastError is None and self._liveErrorShown:
+            self.ui.statusLabel.text = ""  # the failure is over
+            self._liveErrorShown = False
         p = self._parameterNode
         if p and p.outputVolume:
             self.logic.showDRR(p.outputVolume, switchLayout=False, showIn3D=p.showGeometry)
         if self._live is not None and self._live.isPreview:
             self._finalizeTimer.start()  # full resolution once the C-arm has been still for a moment
+
+    def onLiveError(self, error) -> None:
+        """A live render failed (the controller logs it and keeps it in lastError): show it."""
+        self.ui.statusLabel.text = _("Live rendering: {error}").format(error=error)
+        self._liveErrorShown = True
 
     def onFinalizeTimeout(self) -> None:
         if self._live is not None and not self._busy:
@@ -852,7 +862,7 @@ class NanoDRRLogic(ScriptedLoadableModuleLogic, NanoDRRLib.NanoDRRLogic):
             if node.GetAttribute("NanoDRR.SegmentDRROf") == drrNode.GetID()
         }
 
-    def createLiveRenderer(self, p, schedule, onRendered=None):
+    def createLiveRenderer(self, p, schedule, onRendered=None, onError=None):
         """A NanoDRRLib.LiveRenderController for the parameter node's inputs (not started)."""
         if not (p.inputVolume and p.carmTransform):
             raise NanoDRRLib.NanoDRRError("Live rendering needs a CT volume and a C-arm transform.")
@@ -875,6 +885,7 @@ class NanoDRRLogic(ScriptedLoadableModuleLogic, NanoDRRLib.NanoDRRLogic):
             previewScale=0.5,
             schedule=schedule,
             onRendered=onRendered,
+            onError=onError,
             **optional,
         )
 

@@ -218,7 +218,8 @@ HARNESS = textwrap.dedent(
             self.logic.createCArmFromParameters(self.p)
             scheduled = []
             self.p.displayMode = "transmission"
-            live = self.logic.createLiveRenderer(self.p, schedule=scheduled.append)
+            errors = []
+            live = self.logic.createLiveRenderer(self.p, schedule=scheduled.append, onError=errors.append)
             live.start()  # one full-resolution render
             self.assertEqual(live.renderCount, 1)
             self.logic.setCArmAngles(self.p.carmTransform, self.volume, primary=30.0, secondary=0.0, sod=self.p.sod)
@@ -228,6 +229,13 @@ HARNESS = textwrap.dedent(
             image = slicer.util.arrayFromVolume(self.p.outputVolume)
             self.assertEqual(image.shape, (1, 12, 16))  # preview at half resolution
             self.assertTrue(np.all((image > 0.0) & (image <= 1.0)))  # the display mode reached the renderer
+            live.renderOptions["muBnoe"] = 1.0  # a failing live render reaches the GUI's error callback
+            self.logic.setCArmAngles(self.p.carmTransform, self.volume, primary=40.0, secondary=0.0, sod=self.p.sod)
+            while scheduled:
+                scheduled.pop(0)()
+            self.assertEqual(len(errors), 1)
+            self.assertIs(errors[0], live.lastError)
+            self.assertIsInstance(errors[0], NanoDRRLib.NanoDRRError)
             live.stop()
 
         def test_sampling_parameter_reaches_every_render(self):

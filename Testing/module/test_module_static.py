@@ -518,6 +518,29 @@ def test_mrml_widgets_receive_the_scene_and_connections_are_valid():
 # ---------------------------------------------------------------------------------------------------------
 
 
+def test_live_render_failures_reach_the_status_label():
+    """The widget hands the live controller an error callback that writes the status label (the
+    controller logs and keeps the error; an observer cannot raise)."""
+    classes = {node.name: node for node in module_ast().body if isinstance(node, ast.ClassDef)}
+    widget = {f.name: f for f in classes["NanoDRRWidget"].body if isinstance(f, ast.FunctionDef)}
+    calls = [
+        c
+        for c in ast.walk(widget["_updateLive"])
+        if isinstance(c, ast.Call) and getattr(c.func, "attr", None) == "createLiveRenderer"
+    ]
+    assert len(calls) == 1
+    assert {k.arg: ast.unparse(k.value) for k in calls[0].keywords}.get("onError") == "self.onLiveError"
+    assert "self.ui.statusLabel.text" in ast.unparse(widget["onLiveError"])
+    logic = {f.name: f for f in classes["NanoDRRLogic"].body if isinstance(f, ast.FunctionDef)}
+    forwards = [
+        c
+        for c in ast.walk(logic["createLiveRenderer"])
+        if isinstance(c, ast.Call) and ast.unparse(c.func) == "NanoDRRLib.LiveRenderController"
+    ]
+    assert len(forwards) == 1
+    assert {k.arg: ast.unparse(k.value) for k in forwards[0].keywords}.get("onError") == "onError"
+
+
 def test_module_defines_the_template_classes():
     classes = {node.name: node for node in module_ast().body if isinstance(node, ast.ClassDef)}
     bases = {name: [ast.unparse(b) for b in node.bases] for name, node in classes.items()}
