@@ -47,8 +47,8 @@ from .output import (
 )
 from .segments import (
     channelGroups,
+    checkBinaryLabelmaps,
     checkSegmentationNode,
-    ensureBinaryLabelmaps,
     layersOnGrid,
     segmentationKey,
     segmentColor,
@@ -334,7 +334,7 @@ class NanoDRRLogic:
             raise NanoDRRError(f"name: expected a string, got {name!r}")
         _checkCallable(progressCallback, "progressCallback")
         if segmentationNode is not None:
-            ensureBinaryLabelmaps(segmentationNode)  # may convert e.g. closed surfaces: after validation
+            checkBinaryLabelmaps(segmentationNode, ids)  # closed surfaces are converted on a copy
         t1 = time.perf_counter()
 
         report = progressCallback or (lambda fraction, message="": None)
@@ -437,7 +437,7 @@ class NanoDRRLogic:
         if folderName is not None and not isinstance(folderName, str):
             raise NanoDRRError(f"folderName: expected a string, got {folderName!r}")
         _checkCallable(progressCallback, "progressCallback")
-        ensureBinaryLabelmaps(segmentationNode)
+        checkBinaryLabelmaps(segmentationNode, ids)
         t1 = time.perf_counter()
 
         shape = volumeShape(volumeNode)

@@ -10,6 +10,10 @@ CT) are read directly from the shared labelmap; otherwise Slicer resamples them 
 with ``vtkSlicerSegmentationsModuleLogic.GenerateMergedLabelmapInReferenceGeometry``, which honours
 the segmentation's and the volume's parent transforms, linear or not.
 
+Segments without a binary labelmap (e.g. closed surfaces only) are converted on a copy, never on the
+input node, and straight onto the CT's grid (no second resampling); headless slicer-core registers no
+converter rules, so the closed surface → binary labelmap rule is registered when missing.
+
 Speed: one render can fill many channels. Segments in the same binary-labelmap layer never overlap,
 and whole layers that do not overlap are merged too, so e.g. 117 TotalSegmentator segments cost one
 render; each set of overlapping segments (an organ and a tumour inside it) adds one render.
@@ -22,7 +26,7 @@ import slicer
 import vtk
 from vtk.util.numpy_support import vtk_to_numpy
 
-from .conversion import _address, matrixToArray, nodeLabel
+from .conversion import _address, arrayToMatrix, matrixToArray, nodeLabel
 from .errors import NanoDRRError
 
 _MAX_CHANNELS = 65535  # channel 0 is the background
@@ -75,12 +79,114 @@ def selectSegmentIds(segmentationNode, segmentIds=None, visibleOnly: bool = True
     return allIds
 
 
-def ensureBinaryLabelmaps(segmentationNode) -> None:
-    name = binaryRepresentationName()
-    if not segmentationNode.GetSegmentation().CreateRepresentation(name):
+def registerConverterRules() -> None:
+    """Register the closed surface → binary labelmap rule if missing (slicer-core registers none).
+
+    Only segmentations created afterwards see it (each copies the factory's rules when created).
+    """
+    factory = slicer.vtkSegmentationConverterFactory.GetInstance()
+    pairs = {
+        (r.GetSourceRepresentationName(), r.GetTargetRepresentationName())
+        for r in factory.GetConverterRules()
+    }
+    conv = slicer.vtkSegmentationConverter
+    if (conv.GetClosedSurfaceRepresentationName(), binaryRepresentationName()) not in pairs:
+        factory.RegisterConverterRule(slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule())
+
+
+def _missingLabelmaps(segmentationNode, ids: list[str]) -> list[str]:
+    return [sid for sid in ids if segmentationNode.GetBinaryLabelmapInternalRepresentation(sid) is None]
+
+
+def checkBinaryLabelmaps(segmentationNode, ids: list[str]) -> None:
+    """Raise unless every segment in ``ids`` has a binary labelmap or can be converted to one.
+
+    Converts nothing: :func:`layersOnGrid` converts copies of the segments that need it.
+    """
+    missing = _missingLabelmaps(segmentationNode, ids)
+    if not missing:
+        return
+    registerConverterRules()
+    segmentation = segmentationNode.GetSegmentation()
+    source = segmentation.GetSourceRepresentationName()
+    names: list[str] = []
+    segmentation.GetContainedRepresentationNames(names)
+    probe = slicer.vtkSegmentation()  # made now, so it has the registered rules
+    probe.SetSourceRepresentationName(source)
+    paths = slicer.vtkSegmentationConversionPaths()
+    probe.GetPossibleConversions(binaryRepresentationName(), paths)
+    label = f"segmentationNode {nodeLabel(segmentationNode)}"
+    has = ", ".join(repr(n) for n in names) or "no representation"
+    if paths.GetNumberOfPaths() == 0:
         raise NanoDRRError(
-            f"segmentationNode {nodeLabel(segmentationNode)}: cannot convert its segments to binary labelmaps"
+            f"{label}: cannot convert its segments to binary labelmaps: it has {has} (source {source!r}) "
+            "and no conversion from it to a binary labelmap is registered"
         )
+    for sid in missing:
+        if segmentation.GetSegment(sid).GetRepresentation(source) is None:
+            raise NanoDRRError(
+                f"{label}: segment {segmentName(segmentationNode, sid)!r} has neither a binary labelmap "
+                f"nor its source representation {source!r} (it has {has})"
+            )
+    parent = segmentationNode.GetParentTransformNode()
+    if (
+        parent is not None
+        and not parent.IsTransformToWorldLinear()
+        and not probe.IsSourceRepresentationPolyData()
+    ):
+        raise NanoDRRError(
+            f"{label}: its {source!r} segments cannot be converted under the non-linear transform "
+            f"{nodeLabel(parent)}; harden the transform or convert them to binary labelmaps"
+        )
+
+
+def _convertedLayers(segmentationNode, ids: list[str], voxelToWorld: np.ndarray, shape) -> list:
+    """``layersOnGrid`` for segments without a binary labelmap: copies converted on the CT's grid."""
+    registerConverterRules()
+    original = segmentationNode.GetSegmentation()
+    source = original.GetSourceRepresentationName()
+    copy = slicer.vtkSegmentation()
+    copy.SetSourceRepresentationName(source)
+    parent = segmentationNode.GetParentTransformNode()
+    toWorld = None
+    gridToSegmentation = voxelToWorld
+    if parent is not None and parent.IsTransformToWorldLinear():
+        m = vtk.vtkMatrix4x4()
+        parent.GetMatrixTransformToWorld(m)
+        gridToSegmentation = np.linalg.inv(matrixToArray(m)) @ voxelToWorld
+    elif parent is not None:  # non-linear: surfaces are moved to world, the grid stays the CT's
+        toWorld = vtk.vtkGeneralTransform()
+        slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(parent, None, toWorld)
+    for sid in ids:
+        segment = slicer.vtkSegment()
+        segment.DeepCopy(original.GetSegment(sid))
+        if toWorld is not None:
+            moved = vtk.vtkTransformPolyDataFilter()
+            moved.SetTransform(toWorld)
+            moved.SetInputData(segment.GetRepresentation(source))
+            moved.Update()
+            segment.AddRepresentation(source, moved.GetOutput())
+        copy.AddSegment(segment, sid)
+    grid = slicer.vtkOrientedImageData()
+    grid.SetImageToWorldMatrix(arrayToMatrix(gridToSegmentation))
+    grid.SetExtent(0, shape[2] - 1, 0, shape[1] - 1, 0, shape[0] - 1)
+    conv = slicer.vtkSegmentationConverter
+    copy.SetConversionParameter(
+        conv.GetReferenceImageGeometryParameterName(), conv.SerializeImageGeometry(grid)
+    )
+    if not copy.CreateRepresentation(binaryRepresentationName()):
+        raise NanoDRRError(
+            f"segmentationNode {nodeLabel(segmentationNode)}: converting its {source!r} segments to binary "
+            "labelmaps failed"
+        )
+    layers: dict[str, tuple] = {}
+    for sid in ids:
+        image = copy.GetSegment(sid).GetRepresentation(binaryRepresentationName())
+        layers.setdefault(_address(image), (image, []))[1].append(sid)
+    return [
+        (_place(image, shape), {sid: int(copy.GetSegment(sid).GetLabelValue()) for sid in layerIds})
+        for image, layerIds in layers.values()
+    ]  # the extent is in the CT's IJK by construction
 
 
 def _transformKey(node) -> tuple:
@@ -100,7 +206,10 @@ def segmentationKey(segmentationNode, ids: list[str]) -> tuple:
     parts: list = [segmentationNode.GetID(), tuple(ids), _transformKey(segmentationNode)]
     for sid in ids:
         image = segmentationNode.GetBinaryLabelmapInternalRepresentation(sid)
-        scalars = image.GetPointData().GetScalars() if image is not None else None
+        if image is None:  # converted from the source representation: follow that instead
+            image = segmentation.GetSegment(sid).GetRepresentation(segmentation.GetSourceRepresentationName())
+        data = image.GetPointData() if image is not None else None
+        scalars = data.GetScalars() if data is not None else None
         parts.append(
             (
                 segmentation.GetSegment(sid).GetMTime(),
@@ -153,11 +262,13 @@ def layersOnGrid(segmentationNode, ids: list[str], volumeNode, voxelToWorld: np.
 
     Within a layer no two segments overlap, so each layer is one label volume.
     """
+    missing = _missingLabelmaps(segmentationNode, ids)
     layers: dict[str, tuple] = {}
     for sid in ids:
-        image = segmentationNode.GetBinaryLabelmapInternalRepresentation(sid)
-        layers.setdefault(_address(image), (image, []))[1].append(sid)
-    out = []
+        if sid not in missing:
+            image = segmentationNode.GetBinaryLabelmapInternalRepresentation(sid)
+            layers.setdefault(_address(image), (image, []))[1].append(sid)
+    out = _convertedLayers(segmentationNode, missing, voxelToWorld, shape) if missing else []
     segmentation = segmentationNode.GetSegmentation()
     for image, layerIds in layers.values():
         if image is not None and _onGrid(segmentationNode, image, voxelToWorld):
