@@ -34,12 +34,17 @@ transforms included, equal to the engine's ``subject.isocenter``):
   :func:`.output.conventionalDisplayArray`. In the 3D view the DRR sits on the detector plane, so
   it looks right from the detector side without any flip.
 
-``getCArmAngles`` inverts the second mapping from the source position (``rt_inv_to_carm``).
+Valid angles (DICOM): primary −180…180°, secondary −90…90°; ``setCArmAngles`` refuses others (secondary
+95° would be the pose (180°, 85°) turned upside down). ``getCArmAngles`` (``rt_inv_to_carm``) inverts
+``setCArmAngles`` on that whole range: the angles come from the C-arm's orientation (beam direction),
+sod from the source's distance to c; primary is returned in (−180, 180] (−180 reads back as 180, the same
+pose); at |secondary| = 90 (beam along the head–foot axis) primary is the detector's in-plane orientation.
+A pose with a roll about the beam (e.g. moved with the 3D handles) reports its beam's angles without the
+roll. A mirrored pose (determinant −1, e.g. ``createCArmTransform(..., orientation="PA")``) reports the
+angles of the proper pose with the same source and beam, whose DRRs are its DRRs with the columns flipped.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import vtk
@@ -47,6 +52,7 @@ import vtk
 from .conversion import (
     arrayToMatrix,
     checkVolumeNode,
+    invertibleParentToWorld,
     matrixToArray,
     nodeLabel,
     volumeCenter,
@@ -54,6 +60,7 @@ from .conversion import (
     volumeToWorld,
 )
 from .errors import NanoDRRError
+from .geometry import FLOAT32_MAX, checkNumber
 
 ORIENTATIONS = ("AP", "PA", None)
 
@@ -64,24 +71,18 @@ def isocenter(volumeNode) -> np.ndarray:
     return volumeCenter(volumeToWorld(volumeNode), volumeShape(volumeNode))
 
 
-def checkFinite(value, name: str, positive: bool = False) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise NanoDRRError(f"{name}: expected a number, got {value!r}") from None
-    if not math.isfinite(v) or (positive and v <= 0):
-        raise NanoDRRError(f"{name}: must be {'positive and ' if positive else ''}finite, got {value!r}")
-    return v
-
-
 def checkRotation(rotation) -> tuple[float, float, float]:
-    try:
-        values = [float(r) for r in rotation]
-    except (TypeError, ValueError):
-        raise NanoDRRError(f"rotation: expected three angles in degrees, got {rotation!r}") from None
-    if len(values) != 3 or not all(math.isfinite(v) for v in values):
-        raise NanoDRRError(f"rotation: expected three finite angles in degrees, got {rotation!r}")
-    return values[0], values[1], values[2]
+    """Three Euler angles in degrees (a sequence, never a string: ``"123"`` is not (1, 2, 3))."""
+    if (
+        isinstance(rotation, (str, bytes))
+        or not hasattr(rotation, "__len__")
+        or not hasattr(rotation, "__iter__")
+    ):
+        raise NanoDRRError(f"rotation: expected three angles in degrees, got {rotation!r}")
+    if len(rotation) != 3:
+        raise NanoDRRError(f"rotation: expected three angles in degrees, got {len(rotation)} ({rotation!r})")
+    a, b, c = (checkNumber(r, f"rotation[{i}]", unit="degrees") for i, r in enumerate(rotation))
+    return a, b, c
 
 
 def poseFromRotation(rotation, sod: float, orientation, center: np.ndarray) -> np.ndarray:
@@ -119,6 +120,8 @@ def cArmToWorld(carmNode, role: str = "carmNode", atol: float = 1e-4) -> np.ndar
     a = matrixToArray(m)
     if not np.isfinite(a).all():
         raise NanoDRRError(f"{role} {nodeLabel(carmNode)}: matrix has NaN or infinite entries")
+    if np.abs(a).max() > FLOAT32_MAX:
+        raise NanoDRRError(f"{role} {nodeLabel(carmNode)}: matrix entries are out of float32's range")
     r = a[:3, :3]
     err = float(np.abs(r.T @ r - np.eye(3)).max())
     if err > atol:
@@ -133,17 +136,8 @@ def cArmToWorld(carmNode, role: str = "carmNode", atol: float = 1e-4) -> np.ndar
 
 def setToWorld(transformNode, toWorld: np.ndarray) -> None:
     """Set a linear transform node so that its ToWorld matrix is ``toWorld`` (parents honoured)."""
-    parent = transformNode.GetParentTransformNode()
-    local = toWorld
-    if parent is not None:
-        if not parent.IsTransformToWorldLinear():
-            raise NanoDRRError(
-                f"carmNode {nodeLabel(transformNode)}: its parent transform {nodeLabel(parent)} is not linear"
-            )
-        pm = vtk.vtkMatrix4x4()
-        parent.GetMatrixTransformToWorld(pm)
-        local = np.linalg.inv(matrixToArray(pm)) @ toWorld
-    transformNode.SetMatrixTransformToParent(arrayToMatrix(local))
+    _, worldToParent = invertibleParentToWorld(transformNode, "carmNode")
+    transformNode.SetMatrixTransformToParent(arrayToMatrix(worldToParent @ toWorld))
 
 
 def checkLinearTransformNode(carmNode) -> None:
@@ -160,8 +154,8 @@ def createCArmTransform(volumeNode, sod=850.0, orientation="AP", rotation=(0.0, 
     """New C-arm transform node posed about ``volumeNode``'s centre (see the module docstring)."""
     checkVolumeNode(volumeNode)
     center = volumeCenter(volumeToWorld(volumeNode), volumeShape(volumeNode))
-    sod = checkFinite(sod, "sod", positive=True)
-    if orientation not in ORIENTATIONS:
+    sod = checkNumber(sod, "sod", positive=True, unit="mm")
+    if not (orientation is None or isinstance(orientation, str)) or orientation not in ORIENTATIONS:
         raise NanoDRRError(f"orientation: expected 'AP', 'PA' or None, got {orientation!r}")
     rotation = checkRotation(rotation)
     if name is not None and not isinstance(name, str):
@@ -183,24 +177,33 @@ def setCArmAngles(carmNode, volumeNode, primary=0.0, secondary=0.0, sod=850.0) -
     """Pose ``carmNode`` at DICOM angles about ``volumeNode``'s centre (see the module docstring)."""
     checkLinearTransformNode(carmNode)
     checkVolumeNode(volumeNode)
+    _checkSameScene(carmNode, volumeNode)
     center = volumeCenter(volumeToWorld(volumeNode), volumeShape(volumeNode))
-    primary = checkFinite(primary, "primary")
-    secondary = checkFinite(secondary, "secondary")
-    sod = checkFinite(sod, "sod", positive=True)
+    primary = checkNumber(primary, "primary", minimum=-180.0, maximum=180.0, unit="degrees (DICOM)")
+    secondary = checkNumber(secondary, "secondary", minimum=-90.0, maximum=90.0, unit="degrees (DICOM)")
+    sod = checkNumber(sod, "sod", positive=True, unit="mm")
+    invertibleParentToWorld(carmNode, "carmNode")  # before anything is set
     setToWorld(carmNode, poseFromAngles(primary, secondary, sod, center))
 
 
 def getCArmAngles(carmNode, volumeNode) -> tuple[float, float, float]:
-    """``(primary, secondary, sod)`` of the C-arm's source position about ``volumeNode``'s centre.
+    """``(primary, secondary, sod)`` of the C-arm about ``volumeNode``'s centre; inverts :func:`setCArmAngles`.
 
-    Angles in degrees (primary in (−180, 180], secondary in [−90, 90]), sod in mm.
+    Angles in degrees (primary in (−180, 180], secondary in [−90, 90]), sod in mm; see the module
+    docstring for the poles (|secondary| = 90), rolled and mirrored poses.
     """
     from nanodrr_engine.camera.carm import rt_inv_to_carm
 
     pose = cArmToWorld(carmNode)
     checkVolumeNode(volumeNode)
+    _checkSameScene(carmNode, volumeNode)
     center = volumeCenter(volumeToWorld(volumeNode), volumeShape(volumeNode))
     try:
         return rt_inv_to_carm(pose, center)
     except ValueError as e:
         raise NanoDRRError(f"carmNode {nodeLabel(carmNode)}: {e}") from e
+
+
+def _checkSameScene(carmNode, volumeNode) -> None:
+    if carmNode.GetScene() is not volumeNode.GetScene():
+        raise NanoDRRError(f"carmNode {nodeLabel(carmNode)}: is not in the volume's scene")

@@ -24,6 +24,7 @@ import slicer
 import vtk
 
 from .errors import NanoDRRError
+from .geometry import FLOAT32_MAX
 
 if TYPE_CHECKING:  # torch is imported lazily: Slicer may install it after this module loads
     import torch
@@ -67,6 +68,28 @@ def parentToWorld(node, role: str) -> np.ndarray:
     return matrixToArray(m)
 
 
+def invertibleParentToWorld(node, role: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(ToWorld, its inverse)`` of ``node``'s parent transform (identities without one).
+
+    Raises NanoDRRError naming the transform when it is not linear, has NaN/infinite entries, is
+    projective (last row not [0, 0, 0, 1]) or is singular: a node under it cannot be placed in world
+    coordinates, so this is checked before anything is written.
+    """
+    m = parentToWorld(node, role)
+    parent = node.GetParentTransformNode()
+    if parent is None:
+        return m, m
+    where = f"{role} {nodeLabel(node)}: its parent transform {nodeLabel(parent)}"
+    if not np.isfinite(m).all():
+        raise NanoDRRError(f"{where} has NaN or infinite entries")
+    if np.abs(m[3] - [0.0, 0.0, 0.0, 1.0]).max() > 1e-12:
+        raise NanoDRRError(f"{where} is projective (last row {m[3].tolist()}, expected [0, 0, 0, 1])")
+    sv = np.linalg.svd(m[:3, :3], compute_uv=False)
+    if not sv[-1] > 1e-9 * max(sv[0], 1.0):
+        raise NanoDRRError(f"{where} is singular (not invertible: singular values {sv.tolist()})")
+    return m, np.linalg.inv(m)
+
+
 def checkVolumeNode(volumeNode, role: str = "volumeNode") -> None:
     """A single-component scalar volume (not a labelmap/vector/sequence) with voxels, in a scene."""
     if volumeNode is None:
@@ -106,9 +129,26 @@ def volumeToWorld(volumeNode, role: str = "volumeNode") -> np.ndarray:
     """``[4, 4]`` voxel (IJK) → world (RAS) matrix including linear parent transforms."""
     ijk = vtk.vtkMatrix4x4()
     volumeNode.GetIJKToRASMatrix(ijk)
-    m = parentToWorld(volumeNode, role) @ matrixToArray(ijk)
-    if not np.isfinite(m).all() or abs(np.linalg.det(m[:3, :3])) < 1e-12:
-        raise NanoDRRError(f"{role} {nodeLabel(volumeNode)}: its voxel-to-world matrix is singular")
+    local = matrixToArray(ijk)
+    label = f"{role} {nodeLabel(volumeNode)}"
+    if not np.isfinite(local).all():
+        raise NanoDRRError(
+            f"{label}: its origin, spacing or directions contain NaN or infinity "
+            f"(origin {tuple(volumeNode.GetOrigin())}, spacing {tuple(volumeNode.GetSpacing())})"
+        )
+    parent = parentToWorld(volumeNode, role)
+    if not np.isfinite(parent).all():
+        raise NanoDRRError(
+            f"{label}: its parent transform {nodeLabel(volumeNode.GetParentTransformNode())} has NaN or "
+            "infinite entries"
+        )
+    m = parent @ local
+    if not np.isfinite(m).all() or np.abs(m).max() > FLOAT32_MAX:
+        raise NanoDRRError(
+            f"{label}: its voxel-to-world matrix is out of float32's range (|entries| > 3.4e38)"
+        )
+    if abs(np.linalg.det(m[:3, :3])) < 1e-12:
+        raise NanoDRRError(f"{label}: its voxel-to-world matrix is singular")
     return m
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -34,13 +35,15 @@ from .conversion import (
     volumeToWorld,
 )
 from .errors import NanoDRRError
-from .geometry import CArmGeometry
+from .geometry import CArmGeometry, checkNumber
 from .geometry_model import updateGeometryModel as _updateGeometryModel
 from .output import (
     DISPLAY_MODES,
     GREY,
     INVERTED_GREY,
+    checkFiniteImage,
     checkOutputNode,
+    checkOutputNodes,
     detectorIJKToRAS,
     segmentColorNode,
     writeDRR,
@@ -153,11 +156,13 @@ class NanoDRRLogic:
         return _carm.createCArmTransform(volumeNode, sod, orientation, rotation, name)
 
     def setCArmAngles(self, carmNode, volumeNode, primary=0.0, secondary=0.0, sod=850.0) -> None:
-        """Pose the C-arm at DICOM angles: primary + = LAO / − = RAO, secondary + = CRAN / − = CAUD."""
+        """Pose the C-arm at DICOM angles: primary + = LAO / − = RAO (−180…180), secondary + = CRAN / − = CAUD
+        (−90…90); others are refused."""
         _carm.setCArmAngles(carmNode, volumeNode, primary, secondary, sod)
 
     def getCArmAngles(self, carmNode, volumeNode) -> tuple[float, float, float]:
-        """``(primary, secondary, sod)`` of the C-arm about the volume's centre."""
+        """``(primary, secondary, sod)`` of the C-arm about the volume's centre (inverts ``setCArmAngles``;
+        poles, rolled and mirrored poses: see :mod:`NanoDRRLib.carm`)."""
         return _carm.getCArmAngles(carmNode, volumeNode)
 
     def updateGeometryModel(self, carmNode, geometry: CArmGeometry, modelNode=None):
@@ -177,7 +182,8 @@ class NanoDRRLogic:
             raise NanoDRRError(f"carmNode {nodeLabel(carmNode)}: is not in the volume's scene")
         if not isinstance(geometry, CArmGeometry):
             raise NanoDRRError(f"geometry: expected a CArmGeometry, got {type(geometry).__name__}")
-        geometry.validate()
+        geometry = geometry.checked()
+        nSamples = checkNumber(nSamples, "nSamples", positive=True, integer=True, unit="samples per ray")
         center = volumeCenter(voxelToWorld, volumeShape(volumeNode))
         depth = float((np.linalg.inv(pose) @ np.append(center, 1.0))[2])
         if not 0.0 < depth < geometry.sdd:
@@ -186,8 +192,6 @@ class NanoDRRLogic:
                 f"the source; it must lie between the source and the detector (0 < sod < geometry.sdd = "
                 f"{geometry.sdd:g} mm)"
             )
-        if isinstance(nSamples, bool) or not isinstance(nSamples, (int, np.integer)) or nSamples < 1:
-            raise NanoDRRError(f"nSamples: must be an integer >= 1, got {nSamples!r}")
         from nanodrr_engine import MU_BONE, MU_WATER
 
         mu = {}
@@ -195,11 +199,11 @@ class NanoDRRLogic:
             ("muBone", muBone, MU_BONE, "mu_bone"),
             ("muWater", muWater, MU_WATER, "mu_water"),
         ):
-            v = default if value is None else _carm.checkFinite(value, name, positive=True)
+            v = default if value is None else checkNumber(value, name, positive=True, unit="1/mm")
             mu[key] = float(v)
-        if displayMode not in DISPLAY_MODES:
+        if not isinstance(displayMode, str) or displayMode not in DISPLAY_MODES:
             raise NanoDRRError(f"displayMode: expected one of {DISPLAY_MODES}, got {displayMode!r}")
-        if backend not in BACKENDS:
+        if not isinstance(backend, str) or backend not in BACKENDS:
             raise NanoDRRError(f"backend: expected one of {BACKENDS}, got {backend!r}")
         if not isinstance(method, str) or method not in METHODS:
             raise NanoDRRError(f"method: expected one of {METHODS}, got {method!r}")
@@ -208,7 +212,7 @@ class NanoDRRLogic:
             voxelToWorld,
             pose,
             geometry,
-            int(nSamples),
+            nSamples,
             resolveDevice(device),
             mu,
             displayMode,
@@ -302,7 +306,8 @@ class NanoDRRLogic:
             geometry: detector intrinsics.
             segmentationNode: optional; restricts the CT to the union of ``segmentIds`` (default: the
                 visible segments), see the module docstring.
-            outputNode: scalar volume node to overwrite in place (default: a new node).
+            outputNode: scalar volume node to write into (default: a new node); it gets new image data,
+                never writing into voxels it may share with the CT or other nodes (see :mod:`.output`).
             nSamples: samples per ray (``method="raymarch"`` only). device: "auto", "cpu", "cuda", "mps".
             muBone, muWater: μ of bone / water (1/mm) for the HU → μ conversion (engine defaults).
             displayMode: "attenuation" stores ∫μ ds; "transmission" stores exp(−∫μ ds).
@@ -324,6 +329,7 @@ class NanoDRRLogic:
             volumeNode, carmNode, geometry, nSamples, device, muBone, muWater, displayMode, backend, method
         )
         ids: list[str] = []
+        segmentIds = _checkSegmentIds(segmentIds)
         if segmentationNode is not None:
             checkSegmentationNode(segmentationNode, req.scene)
             ids = selectSegmentIds(segmentationNode, segmentIds)
@@ -332,6 +338,7 @@ class NanoDRRLogic:
         checkOutputNode(outputNode, req.scene, forbidden=(volumeNode,))
         if name is not None and not isinstance(name, str):
             raise NanoDRRError(f"name: expected a string, got {name!r}")
+        _checkBool(autoWindowLevel, "autoWindowLevel")
         _checkCallable(progressCallback, "progressCallback")
         if segmentationNode is not None:
             checkBinaryLabelmaps(segmentationNode, ids)  # closed surfaces are converted on a copy
@@ -430,12 +437,12 @@ class NanoDRRLogic:
         if segmentationNode is None:
             raise NanoDRRError("segmentationNode: no segmentation selected")
         checkSegmentationNode(segmentationNode, req.scene)
+        segmentIds = _checkSegmentIds(segmentIds)
         ids = selectSegmentIds(segmentationNode, segmentIds)
-        outputNodes = dict(outputNodes or {})
-        for sid, node in outputNodes.items():
-            checkOutputNode(node, req.scene, forbidden=(volumeNode,), role=f"outputNodes[{sid!r}]")
+        outputNodes = checkOutputNodes(outputNodes, segmentationNode, req.scene, forbidden=(volumeNode,))
         if folderName is not None and not isinstance(folderName, str):
             raise NanoDRRError(f"folderName: expected a string, got {folderName!r}")
+        _checkBool(autoWindowLevel, "autoWindowLevel")
         _checkCallable(progressCallback, "progressCallback")
         checkBinaryLabelmaps(segmentationNode, ids)
         t1 = time.perf_counter()
@@ -478,6 +485,8 @@ class NanoDRRLogic:
             out = self._renderTensor(subject, req)
             for c, sid in enumerate(gids, start=1):
                 images[sid] = out[c]
+        for image in images.values():
+            checkFiniteImage(image)  # every image, before any node is written
         t3 = time.perf_counter()
 
         report(0.9, "Updating the DRR nodes")
@@ -509,6 +518,27 @@ class NanoDRRLogic:
             "validate": t1 - t0, "convert": t2 - t1, "render": t3 - t2, "output": t4 - t3, "total": t4 - t0,
         }  # fmt: skip
         return result
+
+
+def _checkSegmentIds(segmentIds):
+    """None, one segment ID string, or an iterable of them (not a number, not ``[None]``); as a list."""
+    if segmentIds is None or isinstance(segmentIds, str):
+        return segmentIds
+    if isinstance(segmentIds, (bytes, Mapping)) or not isinstance(segmentIds, Iterable):
+        raise NanoDRRError(
+            f"segmentIds: expected a segment ID or a list of them, got a {type(segmentIds).__name__} "
+            f"({segmentIds!r})"
+        )
+    ids = list(segmentIds)
+    for sid in ids:
+        if not isinstance(sid, str):
+            raise NanoDRRError(f"segmentIds: segment IDs are strings, got {sid!r} in {ids!r}")
+    return ids
+
+
+def _checkBool(value, name: str) -> None:
+    if not isinstance(value, (bool, np.bool_)):
+        raise NanoDRRError(f"{name}: expected True or False, got {value!r}")
 
 
 def _checkCallable(value, name: str) -> None:

@@ -9,7 +9,16 @@ position of detector pixel (u, v), the end of its ray:
                          [0,  0, 0, 1]]
 
 The node is placed in world coordinates (not under the C-arm), so a DRR stays where it was taken when
-the C-arm moves on; if the output node has a linear parent transform its local IJKToRAS compensates.
+the C-arm moves on; if the output node has a linear parent transform its local IJKToRAS compensates
+(the parent must be invertible; that is checked before rendering).
+
+Writing never touches data an output node may share with other nodes: every write gives the node a
+new ``vtkImageData`` instead of refilling the one it has, which may be the CT's own (a shallow
+``CopyContent`` copy, a sequence browser proxy), a segment's labelmap, or another pipeline's output.
+A display or storage node the output shares with another node is replaced by its own too (a shared
+storage node would save the DRR over the other node's file). Output nodes that are an input of the
+same call, or given twice, are refused (:func:`checkOutputNode`, :func:`checkOutputNodes`), and a
+non-finite rendered image is refused before anything is written.
 
 Display: an X-ray look by default: grey colour map, window/level from robust percentiles
 (0.5 % … 99.5 %), bone bright. "transmission" images (I/I0 = exp(−∫μ ds), bone dark) use the
@@ -25,12 +34,13 @@ x0, y0, height, width), ``rtInv`` (16 numbers, row-major camera-to-world), ``met
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 import numpy as np
 import slicer
 import vtk
 
-from .conversion import arrayToMatrix, matrixToArray, nodeLabel
+from .conversion import arrayToMatrix, invertibleParentToWorld, nodeLabel
 from .errors import NanoDRRError
 from .geometry import CArmGeometry
 
@@ -46,7 +56,8 @@ def detectorIJKToRAS(rtInv: np.ndarray, geometry: CArmGeometry) -> np.ndarray:
 
 
 def checkOutputNode(outputNode, scene, forbidden=(), role: str = "outputNode") -> None:
-    """``outputNode`` may be None or a scalar (not labelmap) volume in ``scene`` with a linear parent."""
+    """``outputNode`` may be None or a scalar (not labelmap) volume in ``scene``, under no parent
+    transform or an invertible linear one, and none of the ``forbidden`` (input) nodes."""
     if outputNode is None:
         return
     if not hasattr(outputNode, "IsA") or not outputNode.IsA("vtkMRMLScalarVolumeNode"):
@@ -59,10 +70,50 @@ def checkOutputNode(outputNode, scene, forbidden=(), role: str = "outputNode") -
     for node in forbidden:
         if node is not None and outputNode is node:
             raise NanoDRRError(f"{role} {nodeLabel(outputNode)}: cannot overwrite an input node")
-    parent = outputNode.GetParentTransformNode()
-    if parent is not None and not parent.IsTransformToWorldLinear():
+    invertibleParentToWorld(outputNode, role)
+
+
+def checkOutputNodes(outputNodes, segmentationNode, scene, forbidden=()) -> dict:
+    """``renderSegments``' ``{segmentId: output node}``, validated; returns a plain dict.
+
+    Keys must be segment IDs of ``segmentationNode`` (entries for segments that are not rendered are
+    left alone); values as for :func:`checkOutputNode`, each node for at most one segment.
+    """
+    if outputNodes is None:
+        return {}
+    if not isinstance(outputNodes, Mapping):
         raise NanoDRRError(
-            f"{role} {nodeLabel(outputNode)}: its parent transform {nodeLabel(parent)} is not linear"
+            f"outputNodes: expected a dict {{segmentId: volume node}}, got a {type(outputNodes).__name__}"
+        )
+    segmentation = segmentationNode.GetSegmentation()
+    owner: dict[int, str] = {}
+    result = {}
+    for sid, node in outputNodes.items():
+        if not isinstance(sid, str):
+            raise NanoDRRError(f"outputNodes: keys must be segment IDs (strings), got {sid!r}")
+        if segmentation.GetSegment(sid) is None:
+            raise NanoDRRError(
+                f"outputNodes: segmentation {nodeLabel(segmentationNode)} has no segment {sid!r}"
+            )
+        checkOutputNode(node, scene, forbidden, role=f"outputNodes[{sid!r}]")
+        if node is not None:
+            if id(node) in owner:
+                raise NanoDRRError(
+                    f"outputNodes[{sid!r}] {nodeLabel(node)}: is also the output of segment "
+                    f"{owner[id(node)]!r}; each segment needs its own node"
+                )
+            owner[id(node)] = sid
+        result[sid] = node
+    return result
+
+
+def checkFiniteImage(image: np.ndarray, role: str = "render") -> None:
+    """Refuse an image with NaN or infinite pixels (nothing is written)."""
+    bad = int(np.count_nonzero(~np.isfinite(image)))
+    if bad:
+        raise NanoDRRError(
+            f"{role}: the rendered image has {bad} NaN or infinite pixel(s) of {image.size}; nothing was "
+            "written (check the geometry, the C-arm pose and the μ parameters)"
         )
 
 
@@ -99,18 +150,21 @@ def writeDRR(
     Inputs must have been validated (see :func:`checkOutputNode`); this only writes.
     """
     image = np.ascontiguousarray(image, dtype=np.float32)
+    checkFiniteImage(image)
     if outputNode is None:
         outputNode = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(name))
+    _, worldToParent = invertibleParentToWorld(outputNode, "outputNode")
     wasModifying = outputNode.StartModify()
     try:
-        local = ijkToWorld
-        parent = outputNode.GetParentTransformNode()
-        if parent is not None:
-            pm = vtk.vtkMatrix4x4()
-            parent.GetMatrixTransformToWorld(pm)
-            local = np.linalg.inv(matrixToArray(pm)) @ ijkToWorld
-        outputNode.SetIJKToRASMatrix(arrayToMatrix(local))
+        outputNode.SetIJKToRASMatrix(arrayToMatrix(worldToParent @ ijkToWorld))
+        # Fresh image data: the node's current one may be shared (see the module docstring).
+        outputNode.SetAndObserveImageData(vtk.vtkImageData())
         slicer.util.updateVolumeFromArray(outputNode, image[None])
+        storage = outputNode.GetStorageNode()
+        if storage is not None and _sharedWithOthers(
+            scene, outputNode, storage.GetID(), "vtkMRMLStorableNode", _storageIDs
+        ):
+            outputNode.SetAndObserveStorageNodeID(None)
         for key, value in (attributes or {}).items():
             if value is None:
                 outputNode.RemoveAttribute(ATTRIBUTE_PREFIX + key)
@@ -122,6 +176,11 @@ def writeDRR(
         outputNode.EndModify(wasModifying)
 
     display = outputNode.GetDisplayNode()
+    if display is not None and _sharedWithOthers(
+        scene, outputNode, display.GetID(), "vtkMRMLDisplayableNode", _displayIDs
+    ):
+        outputNode.RemoveAllDisplayNodeIDs()
+        display = None
     if display is None:
         outputNode.CreateDefaultDisplayNodes()
         display = outputNode.GetDisplayNode()
@@ -134,6 +193,25 @@ def writeDRR(
             display.SetWindowLevelMinMax(lo, hi)
         display.EndModify(wasModifying)
     return outputNode
+
+
+def _displayIDs(node) -> list:
+    return [node.GetNthDisplayNodeID(i) for i in range(node.GetNumberOfDisplayNodes())]
+
+
+def _storageIDs(node) -> list:
+    return [node.GetNthStorageNodeID(i) for i in range(node.GetNumberOfStorageNodes())]
+
+
+def _sharedWithOthers(scene, node, nodeID: str, cls: str, ids) -> bool:
+    """Whether a ``cls`` node other than ``node`` refers to ``nodeID`` (as listed by ``ids(other)``)."""
+    others = scene.GetNodesByClass(cls)
+    others.UnRegister(scene)  # a new collection (as in slicer.util.getNodesByClass)
+    for i in range(others.GetNumberOfItems()):
+        other = others.GetItemAsObject(i)
+        if other is not node and nodeID in ids(other):
+            return True
+    return False
 
 
 def segmentColorNode(scene, segmentName: str, color, existingID: str | None = None):

@@ -16,6 +16,26 @@ ORIENTATIONS: dict[str | None, list[list[float]]] = {
 }
 
 
+def real_matrix(value, name: str, shape: tuple[int, ...], dtype=None, device=None) -> torch.Tensor:
+    """:func:`as_matrix` that also refuses booleans and complex numbers (TypeError naming ``name``).
+
+    ``torch.as_tensor`` would turn ``True`` into 1 and drop an imaginary part with only a warning.
+    """
+    kind = value.dtype if isinstance(value, torch.Tensor) else None
+    if kind is None:
+        try:
+            kind = torch.as_tensor(value).dtype
+        except (TypeError, ValueError, RuntimeError, OverflowError):
+            kind = None  # not numeric: as_matrix names it
+    if kind is torch.bool or (kind is not None and kind.is_complex):
+        what = "booleans" if kind is torch.bool else "complex numbers"
+        raise TypeError(f"{name}: expected real numbers, got {what}")
+    try:
+        return as_matrix(value, name, shape, dtype=dtype, device=device)
+    except OverflowError as e:  # an int too large for the dtype
+        raise ValueError(f"{name}: value out of range ({e})") from None
+
+
 def orientation_matrix(orientation: str | None, dtype=None, device=None) -> torch.Tensor:
     """The ``[4, 4]`` reorientation O for ``"AP"``, ``"PA"`` or ``None``."""
     if orientation not in ORIENTATIONS:
@@ -61,13 +81,13 @@ def make_rt_inv(
     Returns:
         ``[B, 4, 4]`` (or ``[4, 4]``) rigid camera-to-world matrices, differentiable in all inputs.
     """
-    rot = as_matrix(rotation, "rotation", (3,))
-    trans = as_matrix(translation, "translation", (3,), dtype=rot.dtype, device=rot.device)
+    rot = real_matrix(rotation, "rotation", (3,))
+    trans = real_matrix(translation, "translation", (3,), dtype=rot.dtype, device=rot.device)
     rot, trans = torch.broadcast_tensors(rot, trans)
     R = euler_zxy_to_matrix(rot * (math.pi / 180.0))
     t = (R @ trans.unsqueeze(-1)).squeeze(-1)
     if isocenter is not None:
-        t = t + as_matrix(isocenter, "isocenter", (3,), dtype=rot.dtype, device=rot.device)
+        t = t + real_matrix(isocenter, "isocenter", (3,), dtype=rot.dtype, device=rot.device)
     pose = torch.cat([R, t.unsqueeze(-1)], dim=-1)
     bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=rot.dtype, device=rot.device).expand(
         *pose.shape[:-2], 1, 4
@@ -85,12 +105,12 @@ def invert_rt_inv(
 
     ``orientation`` and ``isocenter`` must be those used to build the matrices.
     """
-    m = as_matrix(rt_inv, "rt_inv", (4, 4))
+    m = real_matrix(rt_inv, "rt_inv", (4, 4))
     O = orientation_matrix(orientation, m.dtype, m.device)[:3, :3]
     R = m[..., :3, :3] @ O.T  # O is a signed permutation: O⁻¹ = Oᵀ
     t = m[..., :3, 3]
     if isocenter is not None:
-        t = t - as_matrix(isocenter, "isocenter", (3,), dtype=m.dtype, device=m.device)
+        t = t - real_matrix(isocenter, "isocenter", (3,), dtype=m.dtype, device=m.device)
     translation = (R.transpose(-1, -2) @ t.unsqueeze(-1)).squeeze(-1)
     rotation = matrix_to_euler_zxy(R) * (180.0 / math.pi)
     return rotation, translation
