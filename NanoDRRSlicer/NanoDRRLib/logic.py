@@ -239,21 +239,50 @@ class NanoDRRLogic:
         self._drrs.move_to_end(key)
         return drr
 
-    def _renderTensor(self, subject, req: _Request) -> np.ndarray:
-        """Engine render ``[C, H, W]`` float32 (∫μ ds per channel)."""
+    def _renderTensor(self, subject, req: _Request, progress=None) -> np.ndarray:
+        """Engine render ``[C, H, W]`` float32 (∫μ ds per channel). ``progress(fraction)`` runs after each
+        chunk of rays (the engine then renders in chunks); what it raises (a cancel) propagates as is."""
         import torch
 
         drr = self._drr(req.geometry, req.device)
         pose = torch.as_tensor(req.pose, dtype=torch.float64, device=req.device)[None]
+        raised = []
+
+        def engineProgress(fraction):
+            try:
+                progress(fraction)
+            except BaseException as e:
+                raised.append(e)
+                raise
+
         try:
             with torch.no_grad():
-                out = drr(subject, pose, n_samples=req.nSamples, backend=req.backend, method=req.method)
+                out = drr(
+                    subject, pose, n_samples=req.nSamples, backend=req.backend, method=req.method,
+                    progress=engineProgress if progress is not None else None,
+                )  # fmt: skip
         except NanoDRRError:
             raise
         except ValueError as e:
+            if any(e is r for r in raised):
+                raise
             raise NanoDRRError(f"render: {e}") from e
         self.lastRenderPasses += 1
         return out[0].float().cpu().numpy()
+
+    @staticmethod
+    def _checkBudget(req: _Request, volumeNode, nClasses: int) -> None:
+        """The engine's work budget (``nanodrr_engine.budget``) for one render pass of ``nClasses``
+        channels, checked before anything is converted or created."""
+        from nanodrr_engine import budget
+
+        g = req.geometry
+        shape = volumeShape(volumeNode)
+        cost = budget.estimate(1, int(g.height), int(g.width), req.nSamples, req.method, shape, nClasses, 8)
+        try:
+            budget.check(cost, "nSamples, geometry")
+        except budget.WorkBudgetError as e:
+            raise NanoDRRError(str(e).replace("n_samples=", "nSamples=")) from None
 
     @staticmethod
     def _attributes(req: _Request, volumeNode, carmNode, segmentationNode, segmentIds) -> dict:
@@ -318,7 +347,8 @@ class NanoDRRLogic:
                 voxel plane crossed, ``nSamples`` ignored; fastest on the CPU without a segmentation:
                 with one the labelmap render runs on the engine's slower torch path). Recorded in the
                 node's ``NanoDRR.method`` attribute; ``NanoDRR.nSamples`` is recorded for "raymarch" only.
-            progressCallback: ``progressCallback(fraction, message)`` between stages; it may raise to
+            progressCallback: ``progressCallback(fraction, message)`` between stages and, during the
+                engine render, after each chunk of rays (each well under half a second); it may raise to
                 cancel, which is safe until the outputs are written (the last report is before that).
 
         Returns:
@@ -340,6 +370,7 @@ class NanoDRRLogic:
             raise NanoDRRError(f"name: expected a string, got {name!r}")
         _checkBool(autoWindowLevel, "autoWindowLevel")
         _checkCallable(progressCallback, "progressCallback")
+        self._checkBudget(req, volumeNode, 1 if segmentationNode is None else 2)
         if segmentationNode is not None:
             checkBinaryLabelmaps(segmentationNode, ids)  # closed surfaces are converted on a copy
         t1 = time.perf_counter()
@@ -372,7 +403,8 @@ class NanoDRRLogic:
         t2 = time.perf_counter()
 
         report(0.1, "Rendering")
-        image = self._renderTensor(subject, req)[channel]
+        progress = None if progressCallback is None else (lambda f: report(0.1 + 0.85 * f, "Rendering"))
+        image = self._renderTensor(subject, req, progress)[channel]
         t3 = time.perf_counter()
         report(0.95, "Updating the DRR node")
 
@@ -444,6 +476,7 @@ class NanoDRRLogic:
             raise NanoDRRError(f"folderName: expected a string, got {folderName!r}")
         _checkBool(autoWindowLevel, "autoWindowLevel")
         _checkCallable(progressCallback, "progressCallback")
+        self._checkBudget(req, volumeNode, len(ids) + 1)  # one pass of them all (overlaps: more, smaller)
         checkBinaryLabelmaps(segmentationNode, ids)
         t1 = time.perf_counter()
 
@@ -478,11 +511,15 @@ class NanoDRRLogic:
         for n, (subject, (gids, cs)) in enumerate(groups):
             if not any(cs):
                 continue
-            report(
-                0.1 + 0.8 * n / len(groups),
-                f"Rendering {len(gids)} segment(s), pass {n + 1} of {len(groups)}",
-            )
-            out = self._renderTensor(subject, req)
+            message = f"Rendering {len(gids)} segment(s), pass {n + 1} of {len(groups)}"
+            report(0.1 + 0.8 * n / len(groups), message)
+            progress = None
+            if progressCallback is not None:
+
+                def progress(f, n=n, message=message):
+                    report(0.1 + 0.8 * (n + f) / len(groups), message)
+
+            out = self._renderTensor(subject, req, progress)
             for c, sid in enumerate(gids, start=1):
                 images[sid] = out[c]
         for image in images.values():

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
+from .. import budget
 from ..camera.intrinsics import make_k_inv
 from ..data.subject import Subject
 from .rays import make_src, make_tgt
@@ -39,6 +42,9 @@ class DRR(torch.nn.Module):
             self._update_rays()
 
     def _update_rays(self) -> None:
+        B = max(self.k_inv.shape[0], self.sdd.shape[0])
+        cost = budget.estimate(B, self.height, self.width, 0, geometry_bytes=self.k_inv.element_size())
+        budget.check(cost, "DRR")  # the ray buffers of a 100000×100000 detector would take 240 GB
         tgt = make_tgt(self.k_inv, self.sdd, self.height, self.width)
         self.register_buffer("tgt", tgt, persistent=False)
         self.register_buffer("src", make_src(self.orthographic, tgt, self.sdd), persistent=False)
@@ -71,8 +77,10 @@ class DRR(torch.nn.Module):
         soft_labels: bool = False,
         backend: str = "auto",
         method: str = "raymarch",
+        progress: Callable[[float], object] | None = None,
     ) -> torch.Tensor:
-        """``[B, C, H, W]`` DRRs of ``subject`` from poses ``rt_inv [B, 4, 4]`` (arguments as :func:`render`)."""
+        """``[B, C, H, W]`` DRRs of ``subject`` from poses ``rt_inv [B, 4, 4]`` (arguments as :func:`render`;
+        ``progress(fraction)`` runs after each chunk of rays and may raise to cancel)."""
         return render(
             subject,
             self.k_inv,
@@ -87,4 +95,5 @@ class DRR(torch.nn.Module):
             self.tgt,
             backend,
             method,
+            progress,
         )

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import torch
 
+from .. import budget
 from .._validation import as_matrix, check_pixels, check_rigid
 from ..data.subject import Subject
 from .backends import resolve_backend
@@ -11,6 +15,17 @@ from .rays import make_src, make_tgt, sample_geometry, slice_geometry
 
 #: Sampling methods: the reference ray march, and Joseph's one-sample-per-voxel-plane.
 METHODS = ("raymarch", "joseph")
+
+
+#: Volume samples per chunk when a render runs in chunks (a progress callback, or large work), per
+#: backend, so that a chunk takes well under half a second: the numba kernels march ~1e9 samples/s on
+#: two cores, the torch reference ~3e7/s, Triton ~1e11/s on a data-centre GPU.
+CHUNK_SAMPLES = {"numba": 1 << 25, "torch": 1 << 20, "triton": 1 << 30}
+#: Renders of more chunks than this are chunked without a callback too: Ctrl-C then interrupts them
+#: between chunks (a kernel call cannot be interrupted), and torch geometry is held a chunk at a time.
+AUTO_CHUNKS = 32
+#: Chunks that split an image row start at multiples of this many rays (the kernels' ray pairs/quads).
+_ALIGN = 64
 
 
 def render(
@@ -27,6 +42,7 @@ def render(
     tgt: torch.Tensor | None = None,
     backend: str = "auto",
     method: str = "raymarch",
+    progress: Callable[[float], object] | None = None,
 ) -> torch.Tensor:
     """Render DRRs: the line integral ∫μ ds along each pixel's ray (no exponential).
 
@@ -47,10 +63,19 @@ def render(
             integrals and reads half the voxels per sample: the fastest CPU path (numba) for renders
             without gradients (plain or labelmap) and plain renders with pose gradients (registration);
             its other gradients (volume, labelmaps) and GPUs run the fused ray march on its samples.
+        progress: ``progress(fraction)``, called after each chunk of rays with the fraction done. With
+            it the rays are rendered in chunks that take well under half a second each (``CHUNK_SAMPLES``;
+            renders of more than ``AUTO_CHUNKS`` chunks always are), each ray as in one call (pixels are
+            independent; the CPU kernels' ray pairs may round the last bit differently, and gradients
+            are summed chunk by chunk). An exception it raises cancels the render and propagates.
 
     Returns:
         ``[B, C, H, W]``: C = ``subject.n_classes`` channels (1 without a labelmap); the channels sum to
         the plain render. Differentiable w.r.t. the pose, the volume and the μ parameters.
+
+    Raises:
+        WorkBudgetError: a ``ValueError``: the request's samples or memory exceed the work budget
+            (:mod:`nanodrr_engine.budget`); checked before anything is allocated.
     """
     if not isinstance(subject, Subject):
         raise TypeError(f"subject: expected a nanodrr_engine Subject, got {type(subject).__name__}")
@@ -60,6 +85,8 @@ def render(
         raise ValueError(f"n_samples: must be an integer >= 1, got {n_samples!r}")
     if method not in METHODS:
         raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress: must be callable or None, got {type(progress).__name__}")
 
     device = subject.world_to_voxel.device
     rt_inv = as_matrix(rt_inv, "rt_inv", (4, 4), device=device)
@@ -69,21 +96,35 @@ def render(
         rt_inv = rt_inv.unsqueeze(0)
     check_rigid(rt_inv, "rt_inv")
 
+    vol = subject.image[0, 0]
+    C = subject.n_classes
     if tgt is None:
         k_inv = as_matrix(k_inv, "k_inv", (3, 3), dtype=dtype, device=device)
         k_inv = k_inv.unsqueeze(0) if k_inv.ndim == 2 else k_inv
         sdd_t = torch.as_tensor(sdd, dtype=dtype, device=device).reshape(-1)
         if not bool(torch.isfinite(sdd_t).all()) or not bool((sdd_t > 0).all()):
             raise ValueError(f"sdd: must be positive and finite, got {sdd_t.tolist()}")
-        tgt = make_tgt(k_inv, sdd_t, height, width)
-        if src is None:
-            src = make_src(orthographic, tgt, sdd_t)
+        B = max(rt_inv.shape[0], k_inv.shape[0], sdd_t.shape[0])
+        inputs = (vol, rt_inv, k_inv, sdd_t)
     else:
         tgt = tgt.to(device=device, dtype=dtype)
         if tgt.ndim != 3 or tgt.shape[1] != height * width:
             raise ValueError(f"tgt: expected [B, {height * width}, 3], got {list(tgt.shape)}")
         if src is None:
             raise ValueError("src: must be given together with tgt")
+        B = max(rt_inv.shape[0], tgt.shape[0], src.shape[0])
+        inputs = (vol, rt_inv, src, tgt)
+    grads = _needs_grad(*inputs)
+    cost = budget.estimate(
+        B, height, width, n_samples, method, subject.shape, C, dtype.itemsize, orthographic, grads,
+        _needs_grad(vol),
+    )  # fmt: skip
+    budget.check(cost)  # before the rays are made
+
+    if tgt is None:
+        tgt = make_tgt(k_inv, sdd_t, height, width)
+        if src is None:
+            src = make_src(orthographic, tgt, sdd_t)
     src = src.to(device=device, dtype=dtype)
 
     B = max(rt_inv.shape[0], tgt.shape[0], src.shape[0])
@@ -92,25 +133,35 @@ def render(
             raise ValueError(f"{name}: batch size {t.shape[0]} does not match the others ({B})")
 
     cam_to_voxel = subject.world_to_voxel.to(dtype) @ rt_inv
-    vol = subject.image[0, 0]
-    C = subject.n_classes
     lab = subject.label[0, 0] if (subject.label is not None and C > 1) else None
     soft = soft_labels and lab is not None
-    if method == "joseph":
-        if soft:
-            raise ValueError("soft_labels: not available with method='joseph'")
-        out = _joseph(vol, lab, C, cam_to_voxel, src, tgt, subject.shape, backend, width)
-        return out.reshape(B, C, height, width)
+    if method == "joseph" and soft:
+        raise ValueError("soft_labels: not available with method='joseph'")
+    march = (vol, lab, C, subject.shape, n_samples, soft, backend, method, width)
+    chunk = None
+    if progress is not None or cost.samples > AUTO_CHUNKS * min(CHUNK_SAMPLES.values()):
+        chunk = CHUNK_SAMPLES["torch" if soft else resolve_backend(backend, device, vol.dtype)[0]]
+    if chunk is None or (progress is None and cost.samples <= AUTO_CHUNKS * chunk):
+        out = _render_rays(*march, cam_to_voxel, src, tgt)
+    else:
+        rays = max(1, chunk // max(1, cost.samples_per_ray))
+        out = _render_chunks(march, cam_to_voxel, src, tgt, B, width, rays, progress)
+    return out.reshape(B, C, height, width)
 
+
+def _render_rays(vol, lab, C, shape, n_samples, soft, backend, method, width, cam_to_voxel, src, tgt):
+    """``[B, C, N]``: the rays ``src → tgt`` (camera mm) marched by the path for this call."""
+    B = max(cam_to_voxel.shape[0], tgt.shape[0], src.shape[0])
+    if method == "joseph":
+        return _joseph(vol, lab, C, cam_to_voxel, src, tgt, shape, backend, width)
     if not soft:
-        name, op = resolve_backend(backend, device, vol.dtype)
+        name, op = resolve_backend(backend, vol.device, vol.dtype)
         if name == "numba" and not _needs_grad(vol, src, tgt):
             # geometry fused into the march (and its pose gradient into the backward kernel)
             from .backends.numba_camera import raymarch_rays
 
-            out = raymarch_rays(vol, lab, C, cam_to_voxel, src, tgt, n_samples)
-            return out.reshape(B, C, height, width)
-    start, delta, step = sample_geometry(cam_to_voxel.expand(B, 4, 4), src, tgt, subject.shape, n_samples)
+            return raymarch_rays(vol, lab, C, cam_to_voxel, src, tgt, n_samples)
+    start, delta, step = sample_geometry(cam_to_voxel.expand(B, 4, 4), src, tgt, shape, n_samples)
     if soft:
         if backend not in ("auto", "torch"):
             raise ValueError(
@@ -118,13 +169,50 @@ def render(
             )
         from .backends.torch_ref import raymarch as ref
 
-        out = ref(vol, lab, C, start.float(), delta.float(), step.float(), n_samples, soft_labels=True)
+        return ref(vol, lab, C, start.float(), delta.float(), step.float(), n_samples, soft_labels=True)
+    if name != "torch":  # the fused kernels take float32 geometry
+        start, delta, step = start.float(), delta.float(), step.float()
+    extra = {"width": width} if name == "triton" else {}  # pixel tiles for GPU cache locality
+    return op(vol, lab, C, start, delta, step, n_samples, **extra)
+
+
+def _render_chunks(march, cam_to_voxel, src, tgt, B, width, rays, progress) -> torch.Tensor:
+    """``[B, C, N]`` rendered in blocks of about ``rays`` rays (whole images, whole rows, or aligned
+    pieces of a row), ``progress(fraction)`` after each; under autograd each block is its own node."""
+    N = tgt.shape[1]
+    if rays >= N:
+        per = rays // N
+        blocks = [(b, min(B, b + per), 0, N) for b in range(0, B, per)]
     else:
-        if name != "torch":  # the fused kernels take float32 geometry
-            start, delta, step = start.float(), delta.float(), step.float()
-        extra = {"width": width} if name == "triton" else {}  # pixel tiles for GPU cache locality
-        out = op(vol, lab, C, start, delta, step, n_samples, **extra)
-    return out.reshape(B, C, height, width)
+        if rays >= width:  # whole rows, a multiple of 4 rays: the CPU kernels pair (quad) rays from there
+            m = 4 // math.gcd(width, 4)
+            step = max(m, rays // width // m * m) * width
+        else:
+            step = max(_ALIGN, rays // _ALIGN * _ALIGN)
+        blocks = [(b, b + 1, n, min(N, n + step)) for b in range(B) for n in range(0, N, step)]
+    out = None
+    done = 0
+    for b0, b1, n0, n1 in blocks:
+        part = _render_rays(
+            *march, _rows(cam_to_voxel, b0, b1), _rows(src, b0, b1, n0, n1), _rows(tgt, b0, b1, n0, n1)
+        )
+        if out is None:
+            out = torch.empty(B, part.shape[1], N, dtype=part.dtype, device=part.device)
+        out[b0:b1, :, n0:n1] = part
+        done += (b1 - b0) * (n1 - n0)
+        if progress is not None:
+            if part.device.type == "cuda":  # the fraction done, and a cancel that stops the work
+                torch.cuda.synchronize(part.device)
+            elif part.device.type == "mps":
+                torch.mps.synchronize()
+            progress(done / (B * N))
+    return out
+
+
+def _rows(t: torch.Tensor, b0: int, b1: int, n0: int | None = None, n1: int | None = None) -> torch.Tensor:
+    """Images ``b0:b1`` (unless ``t`` is shared by all) and pixels ``n0:n1`` (unless shared) of ``t``."""
+    t = t if t.shape[0] == 1 else t[b0:b1]
+    return t if n0 is None or t.shape[1] == 1 else t[:, n0:n1]
 
 
 def _joseph(vol, lab, C, cam_to_voxel, src, tgt, shape, backend: str, width: int) -> torch.Tensor:
