@@ -246,8 +246,8 @@ def test_bad_render_segments_outputs_are_named_errors(scene, logic, ct, ctArray,
 def _nanRender(logic, monkeypatch):
     real = logic._renderTensor
 
-    def poisoned(subject, req):
-        out = real(subject, req)
+    def poisoned(*args, **kwargs):
+        out = real(*args, **kwargs)
         out[..., 0, 0] = np.nan
         return out
 

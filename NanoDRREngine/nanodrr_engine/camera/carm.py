@@ -29,6 +29,7 @@ SECONDARY_RANGE = (-90.0, 90.0)
 # Below this cos(secondary) the beam runs along the head–foot axis and the beam alone fixes no
 # primary angle: it is read from the detector's in-plane orientation instead.
 _POLE = 1e-9
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 def _angles(value, name: str, limits: tuple[float, float]) -> torch.Tensor:
@@ -47,7 +48,10 @@ def carm_to_rt_inv(primary, secondary, sod: float, isocenter=None) -> torch.Tens
     """
     if isinstance(sod, bool):
         raise TypeError("sod: expected a number of mm, got a boolean")
-    check_positive(real_matrix(sod, "sod", (), dtype=torch.float64), "sod")
+    sod_t = real_matrix(sod, "sod", (), dtype=torch.float64)
+    check_positive(sod_t, "sod")
+    if bool((sod_t > _FLOAT32_MAX).any()):
+        raise ValueError(f"sod: {float(sod_t.max()):g} mm is out of range (poses are rendered in float32)")
     p = _angles(primary, "primary", PRIMARY_RANGE)
     s = _angles(secondary, "secondary", SECONDARY_RANGE)
     p, s = torch.broadcast_tensors(p, s)

@@ -38,7 +38,7 @@ def real_matrix(value, name: str, shape: tuple[int, ...], dtype=None, device=Non
 
 def orientation_matrix(orientation: str | None, dtype=None, device=None) -> torch.Tensor:
     """The ``[4, 4]`` reorientation O for ``"AP"``, ``"PA"`` or ``None``."""
-    if orientation not in ORIENTATIONS:
+    if not (orientation is None or isinstance(orientation, str)) or orientation not in ORIENTATIONS:
         raise ValueError(f"orientation: expected 'AP', 'PA' or None, got {orientation!r}")
     return torch.tensor(ORIENTATIONS[orientation], dtype=dtype, device=device)
 
