@@ -5,23 +5,63 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
+
+_F32 = torch.finfo(torch.float32)
+#: Positive values float32 holds as normal numbers (a float64 1e300 becomes inf, 1e-300 becomes 0).
+FLOAT32_RANGE = (_F32.tiny, _F32.max)
+
+
+def length_range(dtype: torch.dtype | None = None) -> tuple[float, float]:
+    """Lengths (mm) the ray geometry can square in ``dtype``: ``[√tiny, √max]`` (float32: 1.1e-19 to 1.8e19)."""
+    info = torch.finfo(dtype if dtype is not None and dtype.is_floating_point else torch.get_default_dtype())
+    return math.sqrt(info.tiny), math.sqrt(info.max)
 
 
 def as_matrix(value, name: str, shape: tuple[int, ...], dtype=None, device=None) -> torch.Tensor:
-    """``value`` as a floating tensor whose trailing dimensions are ``shape``."""
+    """``value`` as a floating tensor whose trailing dimensions are ``shape``.
+
+    Finiteness is checked in the precision given, before the cast to ``dtype``: a value that is finite
+    there but overflows ``dtype`` (1e300 → float32) is reported as out of range, not as infinite.
+    """
     try:
-        t = torch.as_tensor(value, dtype=dtype, device=device)
+        t = value if isinstance(value, torch.Tensor) else _python_tensor(value)
+        t = t.to(device=device) if device is not None else t
     except (TypeError, ValueError, RuntimeError) as e:
         raise TypeError(
             f"{name}: expected a tensor or array of shape [..., {_fmt(shape)}], got {type(value)}"
         ) from e
-    if not t.is_floating_point():
-        t = t.to(torch.get_default_dtype() if dtype is None else dtype)
     if t.ndim < len(shape) or tuple(t.shape[t.ndim - len(shape) :]) != shape:
         raise ValueError(f"{name}: expected shape [..., {_fmt(shape)}], got {list(t.shape)}")
+    if not t.is_floating_point():
+        t = t.to(torch.get_default_dtype() if dtype is None else dtype)
     check_finite(t, name)
+    if dtype is None and t.dtype == torch.float64 and not isinstance(value, (torch.Tensor, np.ndarray)):
+        dtype = torch.get_default_dtype()  # Python numbers: the dtype torch.as_tensor gives them
+    if dtype is not None and t.dtype != dtype:
+        cast = t.to(dtype)
+        if cast.is_floating_point() and not bool(torch.isfinite(cast).all()):
+            big = t.detach().abs().max().item()
+            raise ValueError(
+                f"{name}: {big:g} is out of range: {str(dtype).replace('torch.', '')} holds magnitudes up to "
+                f"{torch.finfo(dtype).max:.3g}"
+            )
+        t = cast
     return t
+
+
+def _python_tensor(value) -> torch.Tensor:
+    """Python numbers and lists in float64 (torch.as_tensor would round floats to float32 first)."""
+    try:
+        a = np.asarray(value)
+    except (TypeError, ValueError, RuntimeError):  # e.g. a list of tensors that require grad
+        return torch.as_tensor(value)
+    return (
+        torch.as_tensor(value)
+        if a.dtype == object
+        else torch.from_numpy(a.copy() if not a.flags.writeable else a)
+    )
 
 
 def check_finite(t: torch.Tensor, name: str) -> None:
@@ -29,10 +69,56 @@ def check_finite(t: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name}: contains NaN or infinite values")
 
 
-def check_positive(value: float | torch.Tensor, name: str) -> None:
-    v = torch.as_tensor(value)
+def check_positive(
+    value: float | torch.Tensor,
+    name: str,
+    limits: tuple[float, float] = FLOAT32_RANGE,
+    why: str = "the positive numbers float32 holds",
+) -> None:
+    """Positive, finite and within ``limits`` (default: what float32 holds), checked in float64 so that
+    1e300 or 1e-300 is reported as out of range (with ``why``) rather than as infinite or zero."""
+    if isinstance(value, bool) or isinstance(value, str):
+        raise TypeError(f"{name}: expected a number, got {value!r}")
+    try:
+        v = (
+            value.detach().to(torch.float64)
+            if isinstance(value, torch.Tensor)
+            else torch.as_tensor(np.asarray(value, dtype=np.float64))
+        )
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__}") from e
     if not bool(torch.isfinite(v).all()) or not bool((v > 0).all()):
         raise ValueError(f"{name}: must be positive and finite, got {_show(value)}")
+    lo, hi = limits
+    if not bool(((v >= lo) & (v <= hi)).all()):
+        raise ValueError(
+            f"{name}: {_show(value)} is out of range: it must lie in [{lo:.3g}, {hi:.3g}] ({why})"
+        )
+
+
+def check_length(value, name: str, dtype: torch.dtype | None = None, positive: bool = True) -> None:
+    """A length in mm that ray geometry in ``dtype`` can square (:func:`length_range`); ``positive=False``
+    allows 0 and negative values (offsets)."""
+    lo, hi = length_range(dtype)
+    what = (
+        f"lengths in mm whose squares {str(dtype or torch.get_default_dtype()).replace('torch.', '')} holds"
+    )
+    if positive:
+        check_positive(value, name, (lo, hi), what)
+        return
+    if isinstance(value, (bool, str)):
+        raise TypeError(f"{name}: expected a number, got {value!r}")
+    v = (
+        value.detach().double()
+        if isinstance(value, torch.Tensor)
+        else torch.as_tensor(np.asarray(value, np.float64))
+    )
+    if not bool(torch.isfinite(v).all()):
+        raise ValueError(f"{name}: must be finite, got {_show(value)}")
+    if bool((v.abs() > hi).any()):
+        raise ValueError(
+            f"{name}: {_show(value)} is out of range: |{name}| must be at most {hi:.3g} ({what})"
+        )
 
 
 def check_pixels(value, name: str) -> int:
@@ -75,3 +161,32 @@ def _show(value) -> str:
     if isinstance(value, float) and math.isnan(value):
         return "nan"
     return repr(value)
+
+
+def check_k_inv(k_inv: torch.Tensor, name: str = "k_inv") -> None:
+    """Refuse inverse intrinsics ``[..., 3, 3]`` that are not finite, singular, or too ill-conditioned for
+    rays in their dtype (Frobenius condition number above 1/eps): their pixels' rays coincide, and an
+    all-zero ``k_inv`` would render a zero image."""
+    dtype = k_inv.dtype if k_inv.is_floating_point() else torch.get_default_dtype()
+    limit = 1.0 / torch.finfo(dtype).eps
+    kind = str(dtype).replace("torch.", "")
+    for b, m in enumerate(k_inv.detach().to(torch.float64).reshape(-1, 3, 3).tolist()):
+        cond = _condition3(m)
+        if not cond <= limit:  # NaN (non-finite entries) too
+            which = f"{name}[{b}]" if k_inv.reshape(-1, 3, 3).shape[0] > 1 else name
+            raise ValueError(
+                f"{which}: the inverse intrinsics {m} are singular or too ill-conditioned for {kind} rays "
+                f"(condition number {cond:.3g}, at most {limit:.3g}): every pixel's ray would (nearly) coincide"
+            )
+
+
+def _condition3(m: list[list[float]]) -> float:
+    """‖M‖_F · ‖M⁻¹‖_F of a 3×3 (inf when singular), by cofactors: no torch ops on the render path."""
+    (a, b, c), (d, e, f), (g, h, i) = m
+    cof = (e * i - f * h, f * g - d * i, d * h - e * g)
+    det = a * cof[0] + b * cof[1] + c * cof[2]
+    if not math.isfinite(det) or det == 0.0:
+        return math.inf if math.isfinite(det) else math.nan
+    adj = (*cof, c * h - b * i, a * i - c * g, b * g - a * h, b * f - c * e, c * d - a * f, a * e - b * d)
+    norm = math.sqrt(sum(x * x for row in m for x in row))
+    return norm * math.sqrt(sum(x * x for x in adj)) / abs(det)

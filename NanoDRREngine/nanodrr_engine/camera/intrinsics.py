@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .._validation import check_pixels, check_positive
+from .._validation import check_k_inv, check_length, check_pixels
 
 
 def make_k_inv(
@@ -30,17 +30,23 @@ def make_k_inv(
 
     Returns:
         ``[1, 3, 3]`` K⁻¹.
+
+    Raises:
+        ValueError: a distance out of the range the ray geometry in ``dtype`` can square (float32:
+            1.1e-19 to 1.8e19 mm), or a K⁻¹ too ill-conditioned to tell its pixels' rays apart.
     """
-    check_positive(sdd, "sdd")
-    check_positive(delx, "delx")
-    check_positive(dely, "dely")
+    geometry = dtype if dtype is not None else torch.get_default_dtype()
+    for name, v in (("sdd", sdd), ("delx", delx), ("dely", dely)):
+        check_length(v, name, geometry)
+    for name, v in (("x0", x0), ("y0", y0)):
+        check_length(v, name, geometry, positive=False)
     height = check_pixels(height, "height")
     width = check_pixels(width, "width")
-    for name, v in (("x0", x0), ("y0", y0)):
-        if not torch.isfinite(torch.as_tensor(v, dtype=torch.float64)).all():
-            raise ValueError(f"{name}: must be finite, got {v!r}")
+    sdd, delx, dely, x0, y0 = (float(v) for v in (sdd, delx, dely, x0, y0))
     fx, fy = sdd / delx, sdd / dely
     cx, cy = x0 / delx + width / 2.0, y0 / dely + height / 2.0
-    return torch.tensor(
+    k_inv = torch.tensor(
         [[[1.0 / fx, 0.0, -cx / fx], [0.0, 1.0 / fy, -cy / fy], [0.0, 0.0, 1.0]]], dtype=dtype, device=device
     )
+    check_k_inv(k_inv, f"k_inv of sdd={sdd:g}, delx={delx:g}, dely={dely:g}, x0={x0:g}, y0={y0:g}")
+    return k_inv

@@ -38,7 +38,7 @@ class _MuParam:
 
     def __set__(self, obj, value) -> None:
         if self.public != "convert_to_mu":
-            check_positive(value, self.public)
+            check_positive(value, self.public)  # in float64: 1e300 is out of float32's range, not infinite
         current = obj.__dict__.get(self.name, self.default)
         tensors = isinstance(value, torch.Tensor) or isinstance(current, torch.Tensor)
         if current is not value and (tensors or current != value):
@@ -231,8 +231,12 @@ class Subject(torch.nn.Module):
         """Recompute the μ cache from (possibly tensor, differentiable) parameters in one op.
 
         The stored scalar parameters are left unchanged (as in nanodrr), which keeps
-        ``torch.compile`` graphs free of attribute mutation.
+        ``torch.compile`` graphs free of attribute mutation. Numbers are checked as the attributes are;
+        tensors are not (a check would synchronise a GPU on every step of a fit).
         """
+        for name, value in (("mu_water", mu_water), ("mu_bone", mu_bone), ("hu_bone", hu_bone)):
+            if value is not None and not isinstance(value, torch.Tensor):
+                check_positive(value, name)
         self._mu_cache = hu_to_mu(
             self._image_hu,
             self.mu_water if mu_water is None else mu_water,

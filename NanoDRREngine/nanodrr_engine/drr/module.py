@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 
 from .. import budget
+from .._validation import check_k_inv, check_length, check_pixels
 from ..camera.intrinsics import make_k_inv
 from ..data.subject import Subject
 from .rays import make_src, make_tgt
@@ -29,10 +30,11 @@ class DRR(torch.nn.Module):
         self, k_inv: torch.Tensor, sdd: torch.Tensor, height: int, width: int, orthographic: bool = False
     ):
         super().__init__()
+        check_length(sdd, "sdd", torch.as_tensor(k_inv).dtype)
         self.register_buffer("k_inv", torch.as_tensor(k_inv).reshape(-1, 3, 3))
         self.register_buffer("sdd", torch.as_tensor(sdd, dtype=self.k_inv.dtype).reshape(-1))
-        self.height = int(height)
-        self.width = int(width)
+        self.height = check_pixels(height, "height")
+        self.width = check_pixels(width, "width")
         self.orthographic = bool(orthographic)
         self._update_rays()
 
@@ -42,6 +44,8 @@ class DRR(torch.nn.Module):
             self._update_rays()
 
     def _update_rays(self) -> None:
+        check_k_inv(self.k_inv)  # an all-zero or singular k_inv would render a zero image
+        check_length(self.sdd, "sdd", self.k_inv.dtype)
         B = max(self.k_inv.shape[0], self.sdd.shape[0])
         cost = budget.estimate(B, self.height, self.width, 0, geometry_bytes=self.k_inv.element_size())
         budget.check(cost, "DRR")  # the ray buffers of a 100000×100000 detector would take 240 GB

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 
 from .. import budget
-from .._validation import as_matrix, check_pixels, check_rigid
+from .._validation import as_matrix, check_k_inv, check_length, check_pixels, check_rigid
 from ..data.subject import Subject
 from .backends import resolve_backend
 from .rays import make_src, make_tgt, sample_geometry, slice_geometry
@@ -101,9 +101,9 @@ def render(
     if tgt is None:
         k_inv = as_matrix(k_inv, "k_inv", (3, 3), dtype=dtype, device=device)
         k_inv = k_inv.unsqueeze(0) if k_inv.ndim == 2 else k_inv
+        check_k_inv(k_inv)  # an all-zero or singular k_inv would render a zero image
+        check_length(sdd, "sdd", dtype)  # before the cast: 1e300 is out of range, not infinite
         sdd_t = torch.as_tensor(sdd, dtype=dtype, device=device).reshape(-1)
-        if not bool(torch.isfinite(sdd_t).all()) or not bool((sdd_t > 0).all()):
-            raise ValueError(f"sdd: must be positive and finite, got {sdd_t.tolist()}")
         B = max(rt_inv.shape[0], k_inv.shape[0], sdd_t.shape[0])
         inputs = (vol, rt_inv, k_inv, sdd_t)
     else:
