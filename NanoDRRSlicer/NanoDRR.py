@@ -844,7 +844,9 @@ class NanoDRRLogic(ScriptedLoadableModuleLogic, NanoDRRLib.NanoDRRLogic):
                 **options,
             )
             for segmentId, node in parts.items():
-                node.SetAttribute("NanoDRR.SegmentDRROf", drr.GetID())
+                # A node reference, not an ID attribute: MRML renames references when an import renames IDs.
+                node.SetNodeReferenceID("NanoDRR.SegmentDRROf", drr.GetID())
+                node.RemoveAttribute("NanoDRR.SegmentDRROf")  # written by older versions
                 node.SetAttribute("NanoDRR.SegmentID", segmentId)
             for segmentId, node in previous.items():  # segments no longer rendered
                 if segmentId not in parts:
@@ -856,10 +858,13 @@ class NanoDRRLogic(ScriptedLoadableModuleLogic, NanoDRRLib.NanoDRRLogic):
     @staticmethod
     def segmentDRRs(drrNode) -> dict:
         """{segmentId: node} of the per-segment DRRs a previous render made for this DRR."""
+        scene = drrNode.GetScene()  # (slicer.util.getNodesByClass ignores its scene argument)
+        cls = "vtkMRMLScalarVolumeNode"
+        nodes = (scene.GetNthNodeByClass(i, cls) for i in range(scene.GetNumberOfNodesByClass(cls)))
         return {
             node.GetAttribute("NanoDRR.SegmentID"): node
-            for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode", drrNode.GetScene())
-            if node.GetAttribute("NanoDRR.SegmentDRROf") == drrNode.GetID()
+            for node in nodes
+            if node.GetNodeReferenceID("NanoDRR.SegmentDRROf") == drrNode.GetID()
         }
 
     def createLiveRenderer(self, p, schedule, onRendered=None, onError=None):

@@ -168,7 +168,7 @@ def createCArmTransform(volumeNode, sod=850.0, orientation="AP", rotation=(0.0, 
     )
     node.SetMatrixTransformToParent(arrayToMatrix(pose))
     node.SetAttribute("NanoDRR.role", "C-arm")
-    node.SetAttribute("NanoDRR.sourceVolumeID", volumeNode.GetID())
+    # A reference, not an ID attribute: MRML renames references when an import renames IDs.
     node.SetNodeReferenceID("NanoDRR.sourceVolume", volumeNode.GetID())
     return node
 

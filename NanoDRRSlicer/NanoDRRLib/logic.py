@@ -287,6 +287,7 @@ class NanoDRRLogic:
     @staticmethod
     def _attributes(req: _Request, volumeNode, carmNode, segmentationNode, segmentIds) -> dict:
         g = req.geometry
+        # The input nodes are node references, not ID attributes (import renames IDs): see writeDRR.
         attrs = {
             "role": "DRR",
             "sdd": float(g.sdd), "delx": float(g.delx), "dely": float(g.dely),
@@ -295,8 +296,6 @@ class NanoDRRLogic:
             "nSamples": req.nSamples if req.method == "raymarch" else None,  # joseph ignores it
             "displayMode": req.displayMode,
             "muWater": req.mu["mu_water"], "muBone": req.mu["mu_bone"],
-            "sourceVolumeID": volumeNode.GetID(), "cArmID": carmNode.GetID(),
-            "segmentationID": segmentationNode.GetID() if segmentationNode is not None else None,
             "segmentIDs": list(segmentIds) if segmentationNode is not None else None,
         }  # fmt: skip
         return attrs

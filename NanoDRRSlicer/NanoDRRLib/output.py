@@ -26,9 +26,11 @@ inverted grey map so bone still looks bright. Per-segment DRRs get a black → s
 
 Provenance attributes (``NanoDRR.*``, kept by a saved and reloaded scene): geometry (sdd, delx, dely,
 x0, y0, height, width), ``rtInv`` (16 numbers, row-major camera-to-world), ``method`` (``raymarch`` or
-``joseph``), ``nSamples`` (ray march only), ``displayMode``, μ parameters, ``sourceVolumeID``, ``segmentationID``, ``segmentIDs`` (JSON list),
-``cArmID``; the same nodes are also referenced by role (``NanoDRR.sourceVolume``,
-``NanoDRR.segmentation``, ``NanoDRR.cArm``), which survive ID renaming on scene import.
+``joseph``), ``nSamples`` (ray march only), ``displayMode``, μ parameters, ``segmentIDs`` (JSON
+list). The input nodes are node references by role (``NanoDRR.sourceVolume``, ``NanoDRR.cArm``,
+``NanoDRR.segmentation``), never IDs in attributes: MRML renames references when a scene is imported
+into one whose IDs are taken, attributes it would leave pointing at other nodes. :func:`readAttributes`
+reports them as ``sourceVolumeID``, ``cArmID`` and ``segmentationID``.
 """
 
 from __future__ import annotations
@@ -172,6 +174,7 @@ def writeDRR(
                 outputNode.SetAttribute(ATTRIBUTE_PREFIX + key, _attr(value))
         for role, node in (references or {}).items():
             outputNode.SetNodeReferenceID(ATTRIBUTE_PREFIX + role, node.GetID() if node is not None else None)
+            outputNode.RemoveAttribute(ATTRIBUTE_PREFIX + role + "ID")  # written by older versions
     finally:
         outputNode.EndModify(wasModifying)
 
@@ -234,15 +237,30 @@ def segmentColorNode(scene, segmentName: str, color, existingID: str | None = No
     return node
 
 
+#: Roles of the ``NanoDRR.<role>`` node references that :func:`readAttributes` reports as ``<role>ID``.
+REFERENCE_ROLES = ("sourceVolume", "cArm", "segmentation")
+
+
 def readAttributes(node) -> dict:
-    """The ``NanoDRR.*`` attributes of a DRR node, parsed (numbers, matrices, lists)."""
+    """The ``NanoDRR.*`` attributes of a DRR (or C-arm) node, parsed (numbers, matrices, lists).
+
+    ``sourceVolumeID``, ``cArmID`` and ``segmentationID`` are the IDs the node's references point at now
+    (absent without the reference); attributes of those names, which older versions wrote, are ignored
+    as they go stale when an import renames IDs.
+    """
     out = {}
+    ids = {role + "ID" for role in REFERENCE_ROLES}
     for key in node.GetAttributeNames() or ():
         if not key.startswith(ATTRIBUTE_PREFIX):
             continue
         raw = node.GetAttribute(key)
         name = key[len(ATTRIBUTE_PREFIX) :]
-        out[name] = _parse(name, raw)
+        if name not in ids:
+            out[name] = _parse(name, raw)
+    for role in REFERENCE_ROLES:
+        referenced = node.GetNodeReferenceID(ATTRIBUTE_PREFIX + role)
+        if referenced:
+            out[role + "ID"] = referenced
     return out
 
 

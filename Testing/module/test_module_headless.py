@@ -175,6 +175,24 @@ HARNESS = textwrap.dedent(
             self.assertEqual(len(parts2), 1)
             self.assertEqual(len(NanoDRR.NanoDRRLogic.segmentDRRs(drr)), 1)
 
+        def test_segment_drrs_are_found_after_import_into_a_busy_scene(self):
+            import tempfile
+            self.logic.createCArmFromParameters(self.p)
+            self.p.segmentation, self.p.renderSegments = self._segmentation(), True
+            drr, parts = self.logic.renderFromParameters(self.p)
+            self.assertGreater(len(parts), 1)
+            busy = slicer.vtkMRMLScene()
+            for _ in range(8):  # its nodes take the IDs the saved scene uses: the import renames them
+                busy.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+            with tempfile.TemporaryDirectory() as folder:
+                NanoDRRLib.loadScene(NanoDRRLib.saveScene(slicer.mrmlScene, folder), scene=busy)
+            drr2 = busy.GetFirstNodeByName(drr.GetName())
+            self.assertNotEqual(drr2.GetID(), drr.GetID())
+            found = NanoDRR.NanoDRRLogic.segmentDRRs(drr2)
+            self.assertEqual(sorted(found), sorted(NanoDRR.NanoDRRLogic.segmentDRRs(drr)))
+            self.assertEqual(sorted(n.GetName() for n in found.values()), sorted(n.GetName() for n in parts))
+            self.assertTrue(all(n.GetScene() is busy for n in found.values()))
+
         def test_unselected_segments_default_to_the_visible_ones(self):
             self.logic.createCArmFromParameters(self.p)
             segmentation = self._segmentation()
