@@ -231,7 +231,7 @@ def register(
         rot, xyz = inits[0]
     reason = "max_iterations"
     for f in levels:
-        (value, rot, xyz), reason = run(f, rot, xyz, max_iterations, True)
+        (_, rot, xyz), reason = run(f, rot, xyz, max_iterations, True)
     with torch.no_grad():
         W = correction(rot, xyz)
         final = float(loss_at(levels[-1], rot, xyz))
