@@ -26,6 +26,7 @@ import numpy as np
 import slicer
 
 from . import carm as _carm
+from . import registration as _registration
 from .conversion import (
     SubjectCache,
     checkVolumeNode,
@@ -168,6 +169,20 @@ class NanoDRRLogic:
     def updateGeometryModel(self, carmNode, geometry: CArmGeometry, modelNode=None):
         """Source, beam frustum and detector outline as a model under the C-arm transform."""
         return _updateGeometryModel(carmNode, geometry, modelNode)
+
+    # --- registration ---------------------------------------------------------------------------
+
+    def registerCArm(self, volumeNode, carmNode, xrayNode, geometry: CArmGeometry, **options) -> dict:
+        """Move ``carmNode`` to the pose whose DRR matches ``xrayNode`` (see :mod:`NanoDRRLib.registration`)."""
+        return _registration.registerCArm(self, volumeNode, carmNode, xrayNode, geometry, **options)
+
+    def undoRegistration(self, carmNode) -> None:
+        """Put the C-arm back where the last :meth:`registerCArm` found it."""
+        _registration.undoRegistration(carmNode)
+
+    def loadXray(self, scene, path, volumeNode=None, **geometry) -> tuple:
+        """X-ray file → ``(volume node, CArmGeometry or None, C-arm node or None)`` from its tags."""
+        return _registration.loadXray(scene, path, volumeNode, **geometry)
 
     # --- validation ----------------------------------------------------------------------------
 
