@@ -11,6 +11,79 @@ import torch
 _F32 = torch.finfo(torch.float32)
 #: Positive values float32 holds as normal numbers (a float64 1e300 becomes inf, 1e-300 becomes 0).
 FLOAT32_RANGE = (_F32.tiny, _F32.max)
+#: Largest whole count accepted (pixels per side, labels): what an int32 index holds.
+MAX_COUNT = 2**31 - 1
+
+
+def refuse_non_real(value, name: str, what: str = "a number") -> None:
+    """TypeError naming ``name`` for what ``float()`` or ``torch.as_tensor`` would coerce silently:
+    booleans (Python, NumPy, bool arrays/tensors), strings and bytes, complex numbers."""
+    if isinstance(value, (bool, np.bool_, str, bytes, np.str_, np.bytes_)):
+        raise TypeError(f"{name}: expected {what}, got {value!r}")
+    if isinstance(value, complex) or (isinstance(value, torch.Tensor) and value.is_complex()):
+        raise TypeError(f"{name}: expected {what}, got complex numbers")
+    if isinstance(value, torch.Tensor) and value.dtype == torch.bool:
+        raise TypeError(f"{name}: expected {what}, got booleans")
+    if isinstance(value, (np.ndarray, np.generic)) and value.dtype.kind in "bcUSO":
+        kind = {"b": "booleans", "c": "complex numbers", "U": "strings", "S": "bytes", "O": "objects"}
+        raise TypeError(f"{name}: expected {what}, got {kind[value.dtype.kind]}")
+
+
+def as_number(value, name: str) -> float:
+    """A real scalar (Python or NumPy number, 0-d array or tensor) as a float, else TypeError naming
+    ``name``: ``[1.0]``, ``True`` and ``"1"`` are not numbers. Range checks are the caller's."""
+    refuse_non_real(value, name)
+    if isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim == 0:
+        value = value.item()
+    if not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__} ({_show(value)})")
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond float64
+        raise ValueError(f"{name}: {value!r} is out of range") from None
+
+
+def check_bool(value, name: str) -> bool:
+    """``True`` or ``False`` (NumPy bools too); a string such as ``"no"`` would otherwise be truthy."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {_show(value)}")
+    return bool(value)
+
+
+def check_choice(value, name: str, choices: Sequence[str]) -> str:
+    """One of the strings ``choices`` (TypeError for a non-string, so unhashable values are named too)."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name}: expected one of {tuple(choices)}, got {type(value).__name__} ({value!r})")
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {tuple(choices)}, got {value!r}")
+    return value
+
+
+def as_device(device, name: str = "device") -> torch.device | None:
+    """``None`` (torch's default) or a device this machine has, else ValueError/TypeError naming ``name``
+    (``torch.device("tpu")`` raises a bare RuntimeError, a CUDA tensor on a CPU-only build an AssertionError)."""
+    if device is None:
+        return None
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"{name}: expected a torch.device, a string such as 'cpu' or None, got {device!r}")
+    try:
+        d = torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(f"{name}: {device!r} is not a device ({e})") from None
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{name}: {device!r} was requested but no CUDA GPU is available")
+    if d.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"{name}: {device!r} was requested but Apple MPS is not available")
+    return d
+
+
+def check_dtype(dtype, name: str = "dtype") -> torch.dtype | None:
+    """``None`` (torch's default) or a floating torch dtype: an integer K⁻¹ would truncate to zero."""
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(
+            f"{name}: expected a floating torch.dtype (e.g. torch.float32) or None, got {dtype!r}"
+        )
+    return dtype
 
 
 def length_range(dtype: torch.dtype | None = None) -> tuple[float, float]:
@@ -25,15 +98,18 @@ def as_matrix(value, name: str, shape: tuple[int, ...], dtype=None, device=None)
     Finiteness is checked in the precision given, before the cast to ``dtype``: a value that is finite
     there but overflows ``dtype`` (1e300 → float32) is reported as out of range, not as infinite.
     """
+    refuse_non_real(value, name, "real numbers")  # True would be 1, an imaginary part dropped
     try:
         t = value if isinstance(value, torch.Tensor) else _python_tensor(value)
         t = t.to(device=device) if device is not None else t
-    except (TypeError, ValueError, RuntimeError) as e:
+    except (TypeError, ValueError, RuntimeError, OverflowError) as e:
         raise TypeError(
             f"{name}: expected a tensor or array of shape [..., {_fmt(shape)}], got {type(value)}"
         ) from e
     if t.ndim < len(shape) or tuple(t.shape[t.ndim - len(shape) :]) != shape:
         raise ValueError(f"{name}: expected shape [..., {_fmt(shape)}], got {list(t.shape)}")
+    if t.dtype == torch.bool or t.is_complex():  # lists of bools or complex numbers
+        raise TypeError(f"{name}: expected real numbers, got dtype {t.dtype}")
     if not t.is_floating_point():
         t = t.to(torch.get_default_dtype() if dtype is None else dtype)
     check_finite(t, name)
@@ -77,15 +153,14 @@ def check_positive(
 ) -> None:
     """Positive, finite and within ``limits`` (default: what float32 holds), checked in float64 so that
     1e300 or 1e-300 is reported as out of range (with ``why``) rather than as infinite or zero."""
-    if isinstance(value, bool) or isinstance(value, str):
-        raise TypeError(f"{name}: expected a number, got {value!r}")
+    refuse_non_real(value, name)
     try:
         v = (
             value.detach().to(torch.float64)
             if isinstance(value, torch.Tensor)
             else torch.as_tensor(np.asarray(value, dtype=np.float64))
         )
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, OverflowError) as e:
         raise TypeError(f"{name}: expected a number, got {type(value).__name__}") from e
     if not bool(torch.isfinite(v).all()) or not bool((v > 0).all()):
         raise ValueError(f"{name}: must be positive and finite, got {_show(value)}")
@@ -106,13 +181,15 @@ def check_length(value, name: str, dtype: torch.dtype | None = None, positive: b
     if positive:
         check_positive(value, name, (lo, hi), what)
         return
-    if isinstance(value, (bool, str)):
-        raise TypeError(f"{name}: expected a number, got {value!r}")
-    v = (
-        value.detach().double()
-        if isinstance(value, torch.Tensor)
-        else torch.as_tensor(np.asarray(value, np.float64))
-    )
+    refuse_non_real(value, name)
+    try:
+        v = (
+            value.detach().double()
+            if isinstance(value, torch.Tensor)
+            else torch.as_tensor(np.asarray(value, np.float64))
+        )
+    except (TypeError, ValueError, OverflowError) as e:
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__}") from e
     if not bool(torch.isfinite(v).all()):
         raise ValueError(f"{name}: must be finite, got {_show(value)}")
     if bool((v.abs() > hi).any()):
@@ -123,12 +200,21 @@ def check_length(value, name: str, dtype: torch.dtype | None = None, positive: b
 
 def check_pixels(value, name: str) -> int:
     """A positive whole number of pixels (ints, integral floats and numpy integers are accepted)."""
+    return check_whole(value, name, "a positive whole number of pixels", minimum=1)
+
+
+def check_whole(value, name: str, what: str, minimum: int = 0, maximum: int = MAX_COUNT) -> int:
+    """A whole number in ``[minimum, maximum]`` as an int (integral floats too; bools and strings are
+    refused: ``True`` is not one pixel); ValueError naming ``name`` and saying ``what`` is expected."""
     try:
-        ok = not isinstance(value, bool) and float(value).is_integer() and value >= 1
-    except (TypeError, ValueError):
+        refuse_non_real(value, name, what)
+        v = float(value)
+        ok = v.is_integer() and minimum <= v <= maximum
+    except (TypeError, ValueError, OverflowError):
         ok = False
     if not ok:
-        raise ValueError(f"{name}: must be a positive whole number of pixels, got {_show(value)}")
+        limit = f", at most {maximum}" if isinstance(value, (int, float, np.number)) else ""
+        raise ValueError(f"{name}: must be {what}{limit}, got {_show(value)}")
     return int(value)
 
 

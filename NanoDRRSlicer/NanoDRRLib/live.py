@@ -31,7 +31,7 @@ import slicer
 import vtk
 
 from .errors import NanoDRRError
-from .geometry import CArmGeometry
+from .geometry import CArmGeometry, checkNumber
 
 _TRANSFORM_MODIFIED = slicer.vtkMRMLTransformableNode.TransformModifiedEvent
 _log = logging.getLogger(__name__)
@@ -86,14 +86,12 @@ class LiveRenderController:
         onError: Callable[[NanoDRRError], object] | None = None,
         **renderOptions,
     ) -> None:
-        if previewScale is None:
-            previewScale = 1.0
-        try:
-            previewScale = float(previewScale)
-        except (TypeError, ValueError):
-            raise NanoDRRError(f"previewScale: expected a number in (0, 1], got {previewScale!r}") from None
-        if not 0.0 < previewScale <= 1.0:
-            raise NanoDRRError(f"previewScale: expected a number in (0, 1], got {previewScale!r}")
+        # the logic's one numeric check: True, "0.5" and float32-underflowing scales are refused
+        previewScale = (
+            1.0
+            if previewScale is None
+            else checkNumber(previewScale, "previewScale", positive=True, maximum=1.0)
+        )
         if schedule is not None and not callable(schedule):
             raise NanoDRRError("schedule: must be callable (schedule(callback)) or None")
         if onRendered is not None and not callable(onRendered):

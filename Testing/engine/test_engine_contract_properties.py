@@ -6,8 +6,8 @@ or TypeError whose message names the parameter, and must leave the inputs (the s
 μ parameters, the pose and intrinsics tensors) as they were.
 
 Fast and reproducible for CI: ``derandomize=True``, no example database, renders of at most 8×8
-pixels. Value families the engine does not refuse by name yet are kept out of the properties and
-listed in ``KNOWN_GAPS`` (strict xfails: each turns red once fixed, to be folded in here).
+pixels. ``REFUSED`` lists single cases the properties do not draw (NumPy bools, overflowing detector
+sides, assignment to a ``DRR``, devices); ``ACCEPTED`` the valid look-alikes that must keep working.
 """
 
 from __future__ import annotations
@@ -80,8 +80,12 @@ NON_FINITE = st.sampled_from([math.nan, math.inf, -math.inf])
 HUGE = _signed(st.floats(min_value=3.5e38, max_value=1e308))  # inf in float32
 NOT_POSITIVE = st.one_of(st.floats(min_value=-1e30, max_value=0.0), st.integers(-(10**6), 0))
 NOT_WHOLE = st.floats(min_value=0.01, max_value=1e5).filter(lambda v: not v.is_integer())
-ANY_BAD_TYPE = st.sampled_from([True, False, "8", "abc", 1j, None, [8], object()])  # np.bool_: KNOWN_GAPS
-NOT_CHOICES = st.one_of(st.text(max_size=8), st.sampled_from([0, 1.5, None, b"auto", ("auto",)]))
+ANY_BAD_TYPE = st.sampled_from([True, False, np.True_, "8", "abc", 1j, None, [8], object()])
+NOT_CHOICES = st.one_of(
+    st.text(max_size=8), st.sampled_from([0, 1.5, None, b"auto", ("auto",), ["auto"], {"auto": 1}])
+)
+NOT_BOOLS = st.sampled_from(["yes", "no", "", 0, 1, 1.0, None, [True], torch.tensor(True), np.array([True])])
+OVERFLOWING_PIXELS = st.sampled_from([2**31, 1e300, 10**400, np.float64(1e20)])
 
 
 def positiveBad():
@@ -90,15 +94,17 @@ def positiveBad():
 
 
 def pixelsBad():
-    return st.one_of(NON_FINITE, NOT_POSITIVE, NOT_WHOLE, ANY_BAD_TYPE)
+    return st.one_of(NON_FINITE, NOT_POSITIVE, NOT_WHOLE, ANY_BAD_TYPE, OVERFLOWING_PIXELS)
 
 
+NOT_SCALARS = st.sampled_from([True, np.True_, "1", "abc", 1j, None, [1.0], np.array([1.0]), object()])
+OFFSET_BAD = st.one_of(NON_FINITE, HUGE, NOT_SCALARS)
 K_INV_PARAMS = {
-    "sdd": positiveBad(),
-    "delx": positiveBad(),
-    "dely": positiveBad(),
-    "x0": NON_FINITE,
-    "y0": NON_FINITE,
+    "sdd": st.one_of(positiveBad(), NOT_SCALARS),
+    "delx": st.one_of(positiveBad(), NOT_SCALARS),
+    "dely": st.one_of(positiveBad(), NOT_SCALARS),
+    "x0": OFFSET_BAD,
+    "y0": OFFSET_BAD,
     "height": pixelsBad(),
     "width": pixelsBad(),
 }
@@ -133,6 +139,8 @@ def renderParams():
         "backend": NOT_CHOICES.filter(lambda v: v not in ("auto", "numba", "torch", "triton")),
         "method": NOT_CHOICES.filter(lambda v: v not in ("raymarch", "joseph")),
         "progress": st.sampled_from([0, "print", [print], 1.5]),
+        "soft_labels": NOT_BOOLS,
+        "orthographic": NOT_BOOLS,
     }
 
 
@@ -154,6 +162,7 @@ FORWARD_PARAMS = {
     "method": renderParams()["method"],
     "progress": renderParams()["progress"],
     "subject": renderParams()["subject"],
+    "soft_labels": NOT_BOOLS,
 }
 
 
@@ -255,9 +264,20 @@ SUBJECT_PARAMS = {
     "volume": st.sampled_from(
         [np.zeros((9, 10)), np.zeros((0, 4, 4)), np.zeros((9, 10, 11), bool), np.zeros((9, 10, 11), complex)]
     ).map(lambda v: v)
-    | st.sampled_from([math.nan, math.inf]).map(lambda v: np.full((9, 10, 11), v, np.float32)),
+    | st.sampled_from([math.nan, math.inf]).map(lambda v: np.full((9, 10, 11), v, np.float32))
+    | st.sampled_from(["ct.nii", None, object(), np.full((2, 2, 2), "a"), np.full((2, 2, 2), None)]),
     "voxel_to_world": st.sampled_from(
-        ["abc", None, np.zeros((4, 4)), np.eye(3), np.diag([1.0, 1.0, 0.0, 1.0]), np.full((4, 4), np.nan)]
+        [
+            *(
+                "abc",
+                None,
+                np.zeros((4, 4)),
+                np.eye(3),
+                np.diag([1.0, 1.0, 0.0, 1.0]),
+                np.full((4, 4), np.nan),
+            ),
+            *(np.eye(4, dtype=bool), torch.eye(4).bool(), np.eye(4, dtype=complex), np.full((4, 4), "1")),
+        ]
     ),
     "label": st.sampled_from(
         [np.full((9, 10, 11), 1.5), np.full((9, 10, 11), -1), np.zeros((9, 10, 12), np.int32)]
@@ -265,7 +285,14 @@ SUBJECT_PARAMS = {
     "mu_water": st.one_of(NON_FINITE, HUGE, NOT_POSITIVE),
     "mu_bone": st.one_of(NON_FINITE, HUGE, NOT_POSITIVE),
     "hu_bone": st.one_of(NON_FINITE, HUGE, NOT_POSITIVE),
-    "max_label": st.integers(-(10**6), -1),
+    "max_label": st.one_of(
+        st.integers(-(10**6), -1),
+        NOT_WHOLE,
+        NON_FINITE,
+        OVERFLOWING_PIXELS,
+        ANY_BAD_TYPE.filter(lambda v: v is not None),
+    ),
+    "convert_to_mu": NOT_BOOLS,
 }
 
 
@@ -279,15 +306,13 @@ def test_subject_from_array_names_every_bad_parameter(name, data):
     assertRefused(lambda: Subject.from_array(**kwargs), name)
 
 
-# Value families the contract requires but the engine's validation (_validation.py, intrinsics.py,
-# drr/module.py, drr/render.py, data/subject.py: not touched here) does not refuse by name yet.
-# (bools, strings, complex and None for sdd/delx/dely and the μ parameters are being fixed in _validation.py
-# as this is written: left out of both until that lands.)
-KNOWN_GAPS = {  # case: (the parameter the error must name, the call)
+# Single cases the properties above do not draw, each once a gap of issue 13 (defects 6/7).
+REFUSED = {  # case: (the parameter the error must name, the call)
     "make_k_inv height=np.True_ (NumPy bools)": (
         "height",
         lambda s: make_k_inv(**{**INTRINSICS, "height": np.True_}),
     ),
+    "make_k_inv sdd=np.True_": ("sdd", lambda s: make_k_inv(**{**INTRINSICS, "sdd": np.True_})),
     "make_k_inv x0=1e300 (k_inv overflows float32)": (
         "x0",
         lambda s: make_k_inv(**{**INTRINSICS, "x0": 1e300}),
@@ -300,7 +325,21 @@ KNOWN_GAPS = {  # case: (the parameter the error must name, the call)
         "width",
         lambda s: make_k_inv(**{**INTRINSICS, "width": 1e300}),
     ),
+    "make_k_inv height=10**400 (beyond float64)": (
+        "height",
+        lambda s: make_k_inv(**{**INTRINSICS, "height": 10**400}),
+    ),
+    "make_k_inv dtype='float32' (AttributeError)": (
+        "dtype",
+        lambda s: make_k_inv(**INTRINSICS, dtype="float32"),
+    ),
+    "make_k_inv dtype=torch.int32 (a truncated K⁻¹)": (
+        "dtype",
+        lambda s: make_k_inv(**INTRINSICS, dtype=torch.int32),
+    ),
+    "make_k_inv device='tpu' (RuntimeError)": ("device", lambda s: make_k_inv(**INTRINSICS, device="tpu")),
     "render sdd=True": ("sdd", lambda s: render(s[0], s[1], s[2], True, 8, 8, 4)),
+    "render sdd=np.True_": ("sdd", lambda s: render(s[0], s[1], s[2], np.True_, 8, 8, 4)),
     "render sdd='1020' (TypeError without the name)": (
         "sdd",
         lambda s: render(s[0], s[1], s[2], "1020", 8, 8, 4),
@@ -309,6 +348,7 @@ KNOWN_GAPS = {  # case: (the parameter the error must name, the call)
         "k_inv",
         lambda s: render(s[0], torch.zeros(3, 3), s[2], 1020.0, 8, 8, 4),
     ),
+    "render k_inv of bools": ("k_inv", lambda s: render(s[0], torch.eye(3).bool(), s[2], 1020.0, 8, 8, 4)),
     "render soft_labels='yes'": (
         "soft_labels",
         lambda s: render(s[0], s[1], s[2], 1020.0, 8, 8, 4, soft_labels="yes"),
@@ -321,6 +361,10 @@ KNOWN_GAPS = {  # case: (the parameter the error must name, the call)
         "backend",
         lambda s: render(s[0], s[1], s[2], 1020.0, 8, 8, 4, backend=["auto"]),
     ),
+    "render backend={} (unhashable)": (
+        "backend",
+        lambda s: render(s[0], s[1], s[2], 1020.0, 8, 8, 4, backend={}),
+    ),
     "DRR(height='8')": ("height", lambda s: DRR(s[1], torch.tensor([1020.0]), "8", 8)),
     "DRR(width=True)": ("width", lambda s: DRR(s[1], torch.tensor([1020.0]), 8, True)),
     "DRR(sdd=nan)": ("sdd", lambda s: DRR(s[1], torch.tensor([math.nan]), 8, 8)),
@@ -328,9 +372,23 @@ KNOWN_GAPS = {  # case: (the parameter the error must name, the call)
         "k_inv",
         lambda s: DRR("x", torch.tensor([1020.0]), 8, 8),
     ),
+    "DRR(k_inv=[3, 3] of zeros)": ("k_inv", lambda s: DRR(torch.zeros(3, 3), torch.tensor([1020.0]), 8, 8)),
+    "DRR(orthographic='no')": ("orthographic", lambda s: DRR(s[1], torch.tensor([1020.0]), 8, 8, "no")),
+    "DRR.width = '8' (assignment re-validates)": (
+        "width",
+        lambda s: setattr(DRR(s[1], torch.tensor([1020.0]), 8, 8), "width", "8"),
+    ),
+    "DRR.orthographic = 'no' (assignment)": (
+        "orthographic",
+        lambda s: setattr(DRR(s[1], torch.tensor([1020.0]), 8, 8), "orthographic", "no"),
+    ),
     "DRR.from_carm_intrinsics(device='tpu') (RuntimeError)": (
         "device",
         lambda s: DRR.from_carm_intrinsics(**INTRINSICS, device="tpu"),
+    ),
+    "DRR.from_carm_intrinsics(device=0.5)": (
+        "device",
+        lambda s: DRR.from_carm_intrinsics(**INTRINSICS, device=0.5),
     ),
     "DRR.from_carm_intrinsics(orthographic='no')": (
         "orthographic",
@@ -340,8 +398,14 @@ KNOWN_GAPS = {  # case: (the parameter the error must name, the call)
         "convert_to_mu",
         lambda s: Subject.from_array(_volume(), V2W, convert_to_mu="no"),
     ),
+    "Subject.convert_to_mu = 'no' (assignment)": (
+        "convert_to_mu",
+        lambda s: setattr(s[0], "convert_to_mu", "no"),
+    ),
     "Subject max_label=2.5": ("max_label", lambda s: Subject.from_array(_volume(), V2W, max_label=2.5)),
     "Subject max_label='3'": ("max_label", lambda s: Subject.from_array(_volume(), V2W, max_label="3")),
+    "Subject max_label=True": ("max_label", lambda s: Subject.from_array(_volume(), V2W, max_label=True)),
+    "Subject.with_labels max_label=2.5": ("max_label", lambda s: s[0].with_labels(None, max_label=2.5)),
     "Subject voxel_to_world of bools": (
         "voxel_to_world",
         lambda s: Subject.from_array(_volume(), np.eye(4, dtype=bool)),
@@ -350,20 +414,58 @@ KNOWN_GAPS = {  # case: (the parameter the error must name, the call)
         "volume",
         lambda s: Subject.from_array(np.full((2, 2, 2), "a"), V2W),
     ),
+    "Subject label of strings": (
+        "label",
+        lambda s: Subject.from_array(_volume(), V2W, np.full((9, 10, 11), "1")),
+    ),
 }
 
 
-@pytest.mark.parametrize("case", sorted(KNOWN_GAPS))
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason="not refused by name yet by the engine's validation (issue 13)"
-)
-def test_known_gaps_of_the_engine_contract(scene, case):
-    name, call = KNOWN_GAPS[case]
-    try:
-        call(scene)
-    except (ValueError, TypeError) as e:
-        assert name in str(e), f"{type(e).__name__}: {e} does not name {name!r}"
-    except Exception as e:
-        raise AssertionError(f"{type(e).__name__} (not ValueError/TypeError): {e}") from e
-    else:
-        raise AssertionError(f"accepted: {case}")
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_single_bad_values_are_refused_by_name(scene, case):
+    name, call = REFUSED[case]
+    subject, k_inv, rt_inv = scene
+    assertRefused(lambda: call(scene), name, subject, k_inv, rt_inv)
+
+
+# Valid look-alikes of the refused values: the checks must not refuse these.
+ACCEPTED = {
+    "NumPy sizes and offsets": lambda s: make_k_inv(
+        np.float32(1020.0), np.float64(6.0), 6, np.int64(1), np.array(-2.0), np.int32(8), 8.0
+    ),
+    "0-d tensors": lambda s: make_k_inv(
+        torch.tensor(1020.0), 6.0, 6.0, torch.tensor(0.0), 0.0, torch.tensor(8), 8
+    ),
+    "device='cpu' and torch.device": lambda s: (
+        DRR.from_carm_intrinsics(**INTRINSICS, device="cpu"),
+        make_k_inv(**INTRINSICS, device=torch.device("cpu"), dtype=torch.float64),
+    ),
+    "NumPy bools as flags": lambda s: render(
+        s[0], s[1], s[2], 1020.0, 8, 8, 4, soft_labels=np.False_, orthographic=np.True_
+    ),
+    "DRR(orthographic=np.True_) and a list k_inv": lambda s: DRR(s[1][0].tolist(), [1020.0], 8, 8, np.True_),
+    "max_label 3.0 and np.int64(3)": lambda s: (
+        Subject.from_array(_volume(), V2W, max_label=3.0),
+        Subject.from_array(_volume(), V2W, max_label=np.int64(3)),
+    ),
+    "convert_to_mu=np.False_": lambda s: Subject.from_array(_volume(), V2W, convert_to_mu=np.False_),
+    "a bool labelmap": lambda s: Subject.from_array(_volume(), V2W, np.zeros((9, 10, 11), bool)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ACCEPTED))
+def test_valid_look_alikes_are_accepted(scene, case):
+    ACCEPTED[case](scene)
+
+
+def test_accepted_values_mean_what_they_say(scene):
+    """NumPy numbers give the same K⁻¹ as floats, and a NumPy True is orthographic (parallel rays)."""
+    want = make_k_inv(**INTRINSICS)
+    got = make_k_inv(np.float32(1020.0), np.float64(6.0), 6, np.int64(0), np.array(0.0), np.int32(8), 8.0)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    drr = DRR.from_carm_intrinsics(**INTRINSICS, orthographic=np.True_)
+    assert drr.orthographic is True
+    dirs = drr.tgt - drr.src
+    torch.testing.assert_close(dirs, dirs[:, :1].expand_as(dirs))  # every ray parallel to the first
+    assert Subject.from_array(_volume(), V2W, max_label=3.0).n_classes == 4
+    assert Subject.from_array(_volume(), V2W, convert_to_mu=np.False_).convert_to_mu is False

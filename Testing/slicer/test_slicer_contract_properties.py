@@ -10,9 +10,8 @@ Fast and reproducible for CI: a few dozen examples per parameter, ``derandomize=
 database; the scene is built once per module (each refused call must leave it as it was anyway).
 Valid renders here are 8×8 pixels of a 9×10×11 volume.
 
-Left out until their fixes land elsewhere (see ``KNOWN_GAPS``): huge but finite work (``nSamples``
-from 10**6 up to float32's range; the work budget), and the live controller's ``previewScale``, which
-still parses bools, numeric strings and float32-underflowing values through ``float()``.
+Left out: huge but finite work (``nSamples`` from 10**6 up to float32's range), which the work budget
+refuses (``test_slicer_budget.py``); drawing it here would cost a budget estimate per example only.
 """
 
 from __future__ import annotations
@@ -540,12 +539,14 @@ LIVE_PARAMS = {
     "schedule": (NOT_CALLABLES, ("schedule",)),
     "onRendered": (NOT_CALLABLES, ("onRendered",)),
     "onError": (NOT_CALLABLES, ("onError",)),
-    # bools, numeric strings and float32-underflowing values: KNOWN_GAPS below
     "previewScale": (
         st.one_of(
             st.sampled_from([math.nan, math.inf, -math.inf, 1j, object(), [0.5], "half"]),
             st.floats(max_value=0.0),
             st.floats(min_value=1.0, exclude_min=True, allow_infinity=False),
+            # once parsed by float(): float(True) is 1.0, "0.5" a string, 1e-300 zero in float32
+            st.sampled_from([True, False, np.True_, "0.5", b"0.5", 1e-300, -1e-300]),
+            st.floats(min_value=1e-300, max_value=1e-39),
         ),
         ("previewScale",),
     ),
@@ -565,6 +566,26 @@ def test_live_controller_constructor_refuses_bad_settings(world, param, data):
     )
 
 
+@pytest.mark.parametrize(
+    "value", [True, np.True_, "0.5", 1e-300], ids=["True", "np.True_", "'0.5'", "1e-300 (zero in float32)"]
+)
+def test_live_controller_refuses_what_float_would_parse(world, value):
+    """Once read with ``float()``: ``True`` was a full-resolution preview, ``"0.5"`` a half one."""
+    assertRefused(
+        world,
+        lambda: LiveRenderController(world.logic, world.ct, world.carm, GEOMETRY, previewScale=value),
+        ("previewScale",),
+    )
+
+
+@pytest.mark.parametrize(
+    "value, want", [(None, 1.0), (1, 1.0), (np.float32(0.25), 0.25), (torch.tensor(0.5), 0.5)]
+)
+def test_live_controller_accepts_numeric_scales(world, value, want):
+    live = LiveRenderController(world.logic, world.ct, world.carm, GEOMETRY, previewScale=value)
+    assert type(live.previewScale) is float and live.previewScale == want
+
+
 @pytest.mark.parametrize("param", ["volumeNode", "carmNode", "geometry", "outputNode", "nSamples", "muBone"])
 @FAST
 @given(data=st.data())
@@ -578,21 +599,3 @@ def test_live_controller_start_refuses_bad_render_input_and_stays_inactive(world
     live = LiveRenderController(world.logic, **kwargs, schedule=lambda callback: None)
     assertRefused(world, live.start, names)
     assert not live.isActive
-
-
-# Inputs the contract requires but other modules do not honour yet (issue 13); each must fail until
-# fixed there, and then the strict xfail turns red as a reminder to fold it into the properties above.
-KNOWN_GAPS = {
-    "previewScale=True (live.py: float(True) is 1.0)": dict(previewScale=True),
-    "previewScale='0.5' (live.py parses strings)": dict(previewScale="0.5"),
-    "previewScale=1e-300 (live.py: underflows float32)": dict(previewScale=1e-300),
-}
-
-
-@pytest.mark.parametrize("case", sorted(KNOWN_GAPS))
-@pytest.mark.xfail(
-    strict=True, reason="LiveRenderController validates previewScale with float(); use checkNumber"
-)
-def test_known_gaps_of_the_live_controller(world, case):
-    with pytest.raises(NanoDRRError, match="previewScale"):
-        LiveRenderController(world.logic, world.ct, world.carm, GEOMETRY, **KNOWN_GAPS[case])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .._validation import check_k_inv, check_length, check_pixels
+from .._validation import as_device, as_number, check_dtype, check_k_inv, check_length, check_pixels
 
 
 def make_k_inv(
@@ -32,17 +32,23 @@ def make_k_inv(
         ``[1, 3, 3]`` K⁻¹.
 
     Raises:
+        TypeError: a parameter that is not a real number (``True``, ``"1020"``, ``[1.0]``), a non-floating
+            ``dtype``, a ``device`` that is not one.
         ValueError: a distance out of the range the ray geometry in ``dtype`` can square (float32:
-            1.1e-19 to 1.8e19 mm), or a K⁻¹ too ill-conditioned to tell its pixels' rays apart.
+            1.1e-19 to 1.8e19 mm), a detector side that is not a whole number in [1, 2³¹ − 1], a device
+            this machine lacks, or a K⁻¹ too ill-conditioned to tell its pixels' rays apart.
     """
-    geometry = dtype if dtype is not None else torch.get_default_dtype()
+    geometry = check_dtype(dtype) or torch.get_default_dtype()
+    device = as_device(device)
+    sdd, delx, dely, x0, y0 = (
+        as_number(v, n) for n, v in (("sdd", sdd), ("delx", delx), ("dely", dely), ("x0", x0), ("y0", y0))
+    )
     for name, v in (("sdd", sdd), ("delx", delx), ("dely", dely)):
         check_length(v, name, geometry)
     for name, v in (("x0", x0), ("y0", y0)):
         check_length(v, name, geometry, positive=False)
     height = check_pixels(height, "height")
     width = check_pixels(width, "width")
-    sdd, delx, dely, x0, y0 = (float(v) for v in (sdd, delx, dely, x0, y0))
     fx, fy = sdd / delx, sdd / dely
     cx, cy = x0 / delx + width / 2.0, y0 / dely + height / 2.0
     k_inv = torch.tensor(

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._validation import as_matrix, check_finite, check_positive
+from .._validation import as_matrix, check_bool, check_finite, check_positive, check_whole, refuse_non_real
 from .preprocess import HU_BONE, MU_BONE, MU_WATER, hu_to_mu
 
 _MU_FIELDS = frozenset({"convert_to_mu", "mu_water", "mu_bone", "hu_bone"})
@@ -37,7 +37,9 @@ class _MuParam:
         return obj.__dict__.get(self.name, self.default)
 
     def __set__(self, obj, value) -> None:
-        if self.public != "convert_to_mu":
+        if self.public == "convert_to_mu":
+            value = check_bool(value, self.public)  # "no" would be truthy
+        else:
             check_positive(value, self.public)  # in float64: 1e300 is out of float32's range, not infinite
         current = obj.__dict__.get(self.name, self.default)
         tensors = isinstance(value, torch.Tensor) or isinstance(current, torch.Tensor)
@@ -104,9 +106,7 @@ class Subject(torch.nn.Module):
         for key, value in mu.items():
             setattr(self, key, value)
         if max_label is not None:
-            if int(max_label) < 0:
-                raise ValueError(f"max_label: must be >= 0, got {max_label}")
-            self.n_classes = int(max_label) + 1
+            self.n_classes = check_whole(max_label, "max_label", "a whole number >= 0") + 1
         elif labeldata is not None and labeldata.numel():
             self.n_classes = int(labeldata.max().item()) + 1
         else:
@@ -133,7 +133,9 @@ class Subject(torch.nn.Module):
             **mu: ``convert_to_mu``, ``mu_water``, ``mu_bone``, ``hu_bone``.
         """
         _check_mu_kwargs(mu)
-        vol = torch.as_tensor(np.asarray(volume) if not isinstance(volume, torch.Tensor) else volume)
+        if max_label is not None:  # before any work, and before a labelmap is read
+            check_whole(max_label, "max_label", "a whole number >= 0")
+        vol = _as_tensor(volume, "volume")
         if vol.ndim != 3:
             raise ValueError(f"volume: expected a 3D array [K, J, I], got shape {list(vol.shape)}")
         if vol.numel() == 0:
@@ -188,6 +190,8 @@ class Subject(torch.nn.Module):
         from .io import load_labelmap_on_grid, read_image, voxel_to_world_ras
 
         _check_mu_kwargs(mu)
+        if max_label is not None:  # before the files are read
+            check_whole(max_label, "max_label", "a whole number >= 0")
         image = read_image(imagepath)
         if image.GetNumberOfComponentsPerPixel() != 1:
             raise ValueError(f"imagepath: {imagepath} is not a scalar volume")
@@ -282,7 +286,7 @@ class Subject(torch.nn.Module):
 
 def _as_labelmap(label, shape: tuple[int, int, int]) -> torch.Tensor:
     """Validated integer labelmap ``[1, 1, K, J, I]`` in the smallest integer dtype."""
-    lab = torch.as_tensor(np.asarray(label) if not isinstance(label, torch.Tensor) else label)
+    lab = _as_tensor(label, "label", bools=True)
     if tuple(lab.shape) != tuple(shape):
         raise ValueError(f"label: shape {list(lab.shape)} differs from the volume's {list(shape)}")
     if lab.dtype == torch.bool:
@@ -294,6 +298,25 @@ def _as_labelmap(label, shape: tuple[int, int, int]) -> torch.Tensor:
     if lab.numel() and int(lab.min()) < 0:
         raise ValueError(f"label: labels must be >= 0, got minimum {int(lab.min())}")
     return _compact_int(lab).reshape(1, 1, *shape).contiguous()
+
+
+def _as_tensor(value, name: str, bools: bool = False) -> torch.Tensor:
+    """An array or tensor of real numbers as a tensor (no copy), else TypeError naming ``name``
+    (strings, objects, complex numbers; booleans unless ``bools``)."""
+    if isinstance(value, torch.Tensor):
+        t = value
+    else:
+        try:
+            t = np.asarray(value)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"{name}: expected an array of real numbers, got {type(value).__name__}") from e
+    is_bool = t.dtype == torch.bool if isinstance(t, torch.Tensor) else t.dtype == np.bool_
+    if not (bools and is_bool):
+        refuse_non_real(t, name, "an array of real numbers")
+    try:
+        return torch.as_tensor(t)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise TypeError(f"{name}: expected an array of real numbers, got dtype {t.dtype}") from e
 
 
 def _compact_int(lab: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 
 from .. import budget
-from .._validation import check_k_inv, check_length, check_pixels
+from .._validation import as_device, as_matrix, check_bool, check_k_inv, check_length, check_pixels
 from ..camera.intrinsics import make_k_inv
 from ..data.subject import Subject
 from .rays import make_src, make_tgt
@@ -30,12 +30,13 @@ class DRR(torch.nn.Module):
         self, k_inv: torch.Tensor, sdd: torch.Tensor, height: int, width: int, orthographic: bool = False
     ):
         super().__init__()
-        check_length(sdd, "sdd", torch.as_tensor(k_inv).dtype)
-        self.register_buffer("k_inv", torch.as_tensor(k_inv).reshape(-1, 3, 3))
+        k_inv = as_matrix(k_inv, "k_inv", (3, 3))
+        check_length(sdd, "sdd", k_inv.dtype)
+        self.register_buffer("k_inv", k_inv.reshape(-1, 3, 3))
         self.register_buffer("sdd", torch.as_tensor(sdd, dtype=self.k_inv.dtype).reshape(-1))
         self.height = check_pixels(height, "height")
         self.width = check_pixels(width, "width")
-        self.orthographic = bool(orthographic)
+        self.orthographic = check_bool(orthographic, "orthographic")
         self._update_rays()
 
     def __setattr__(self, name, value):
@@ -44,6 +45,10 @@ class DRR(torch.nn.Module):
             self._update_rays()
 
     def _update_rays(self) -> None:
+        # also on assignment (drr.width = ...): on Python scalars and the 3×3 on the host, no GPU work
+        check_pixels(self.height, "height")
+        check_pixels(self.width, "width")
+        check_bool(self.orthographic, "orthographic")
         check_k_inv(self.k_inv)  # an all-zero or singular k_inv would render a zero image
         check_length(self.sdd, "sdd", self.k_inv.dtype)
         B = max(self.k_inv.shape[0], self.sdd.shape[0])
@@ -68,6 +73,8 @@ class DRR(torch.nn.Module):
         device: torch.device | str | None = None,
     ) -> DRR:
         """A DRR for a C-arm with these detector parameters (see :func:`make_k_inv`)."""
+        device = as_device(device)
+        orthographic = check_bool(orthographic, "orthographic")
         k_inv = make_k_inv(sdd, delx, dely, x0, y0, height, width, dtype=dtype, device=device)
         return cls(
             k_inv, torch.tensor([float(sdd)], dtype=k_inv.dtype, device=device), height, width, orthographic

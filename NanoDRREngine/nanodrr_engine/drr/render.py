@@ -8,9 +8,17 @@ from collections.abc import Callable
 import torch
 
 from .. import budget
-from .._validation import as_matrix, check_k_inv, check_length, check_pixels, check_rigid
+from .._validation import (
+    as_matrix,
+    check_bool,
+    check_choice,
+    check_k_inv,
+    check_length,
+    check_pixels,
+    check_rigid,
+)
 from ..data.subject import Subject
-from .backends import resolve_backend
+from .backends import BACKENDS, resolve_backend
 from .rays import make_src, make_tgt, sample_geometry, slice_geometry
 
 #: Sampling methods: the reference ray march, and Joseph's one-sample-per-voxel-plane.
@@ -83,8 +91,10 @@ def render(
     width = check_pixels(width, "width")
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
         raise ValueError(f"n_samples: must be an integer >= 1, got {n_samples!r}")
-    if method not in METHODS:
-        raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+    check_choice(method, "method", METHODS)
+    check_choice(backend, "backend", ("auto", *BACKENDS))
+    soft_labels = check_bool(soft_labels, "soft_labels")
+    orthographic = check_bool(orthographic, "orthographic")
     if progress is not None and not callable(progress):
         raise TypeError(f"progress: must be callable or None, got {type(progress).__name__}")
 
