@@ -58,6 +58,18 @@ def joseph_reference(vol: np.ndarray, a: np.ndarray, b: np.ndarray, mm_per_voxel
         t = (c - a[m]) / r[m]
         if t0 <= t <= t1:
             total += _trilinear(vol, a + t * r)
+    # a physical end (source a, detector b) inside the support cuts a plane interval: integrate the
+    # piecewise-linear model exactly there (d²/2 of the plane beyond, −(1−d)²/2 of the plane inside)
+    direction = 1.0 if r[m] > 0 else -1.0
+    for end, sign in ((a, 1.0), (b, -1.0)):
+        if not np.all((end > -1) & (end < sizes)):
+            continue
+        travel = direction * sign  # from this end into the segment
+        inner = np.ceil(end[m]) if travel > 0 else np.floor(end[m])
+        d = abs(inner - end[m])
+        outer = inner - travel
+        for plane, weight in ((outer, d * d / 2), (inner, -((1 - d) ** 2) / 2)):
+            total += weight * _trilinear(vol, a + (plane - a[m]) / r[m] * r)
     return total * np.linalg.norm(r) * mm_per_voxel / abs(r[m])
 
 

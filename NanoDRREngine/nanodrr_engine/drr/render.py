@@ -19,6 +19,7 @@ from .._validation import (
 )
 from ..data.subject import Subject
 from .backends import BACKENDS, resolve_backend
+from .joseph_ends import end_correction, may_end_inside
 from .rays import make_src, make_tgt, sample_geometry, slice_geometry
 
 #: Sampling methods: the reference ray march, and Joseph's one-sample-per-voxel-plane.
@@ -226,7 +227,17 @@ def _rows(t: torch.Tensor, b0: int, b1: int, n0: int | None = None, n1: int | No
 
 
 def _joseph(vol, lab, C, cam_to_voxel, src, tgt, shape, backend: str, width: int) -> torch.Tensor:
-    """Joseph's render. On CPU (numba): the fused slice march for renders without gradients (plain or
+    """Joseph's render ``[B, C, N]``: the planes' samples, plus the exact weights of partial end segments
+    where a source or detector pixel lies inside the volume (:mod:`.joseph_ends`; skipped otherwise)."""
+    out = _joseph_planes(vol, lab, C, cam_to_voxel, src, tgt, shape, backend, width)
+    if may_end_inside(cam_to_voxel, src, tgt, shape):
+        B = max(cam_to_voxel.shape[0], src.shape[0], tgt.shape[0])
+        out = out + end_correction(vol, lab, C, cam_to_voxel.expand(B, 4, 4), src, tgt, shape).to(out.dtype)
+    return out
+
+
+def _joseph_planes(vol, lab, C, cam_to_voxel, src, tgt, shape, backend: str, width: int) -> torch.Tensor:
+    """Joseph's samples on the planes the clipped segment reaches. On CPU (numba): the fused slice march for renders without gradients (plain or
     labelmap) and plain ones with pose gradients only; other gradients (volume, labelmaps with pose
     gradients) take the numba ray march on ``slice_geometry``'s samples with per-ray counts. On CUDA
     (Triton) every render takes the Triton ray march on those samples, with the counts."""
