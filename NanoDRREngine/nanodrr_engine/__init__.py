@@ -7,6 +7,7 @@ kernels, chunked memory use and input validation. Conventions: ``docs/geometry.m
 from .camera import carm_to_rt_inv, invert_rt_inv, make_k_inv, make_rt_inv, rt_inv_to_carm
 from .data import HU_BONE, MU_BONE, MU_WATER, Subject, hu_to_mu
 from .drr import DRR, available_backends, render
+from .registration import Registration
 
 __version__ = "0.2.0"
 
@@ -15,6 +16,7 @@ __all__ = [
     "HU_BONE",
     "MU_BONE",
     "MU_WATER",
+    "Registration",
     "Subject",
     "available_backends",
     "carm_to_rt_inv",
