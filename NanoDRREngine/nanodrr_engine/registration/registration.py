@@ -27,7 +27,7 @@ class Registration(torch.nn.Module):
     instead of the source (as nanodrr). With B views, the one perturbation is applied in each view's
     own camera frame (as nanodrr). ``forward`` renders through :func:`render`, so on CPU the fused
     numba pose gradients run (no per-sample tensors); the parameters take ``rt_inv``'s dtype (float32
-    unless it is float64), which nanodrr fixes to float32.
+    unless it is float64), where nanodrr draws them in the default dtype (float64 poses then fail).
 
     Args:
         subject: the volume.
