@@ -1,0 +1,690 @@
+"""``NanoDRRWorkflow``: one NanoDRR session (inputs, C-arm, detector, rendering, live) and its actions.
+
+The Slicer widget and the web app both bind their controls to this object and hold no workflow logic of
+their own. It composes the headless pieces (:class:`~.logic.NanoDRRLogic`, :class:`~.live.LiveRenderController`,
+:mod:`.views`) and knows nothing of Qt or trame: the host passes
+
+- ``schedule(callback, delaySeconds)``, which runs ``callback`` later on the host's event loop (Qt:
+  ``qt.QTimer.singleShot(int(1000 * delay), callback)``; asyncio: ``loop.call_later(delay, callback)``).
+  Without it live changes render at once and the full-resolution re-render after a preview is left to
+  :meth:`NanoDRRWorkflow.finalizeLive`.
+- ``onChange(what)`` listeners, told which part of the state changed: one of :data:`CHANGES`.
+
+Actions validate everything first and raise :class:`NanoDRRError` naming the bad value before anything
+changes; the error is also kept in ``lastError`` and shown in ``status``. The C-arm node is the source of
+truth for the pose: moving it elsewhere (its 3D handles) updates ``pose`` through an observer.
+
+Render and cancel: :meth:`render` reports ``(fraction, message)`` to its ``progress`` callback, and
+:meth:`cancel` (from a progress callback that processes GUI events, or from another thread) makes the next
+report raise :class:`RenderCancelled`, which the logic lets through before it writes any node; the render
+then returns None. A cancel during the plain DRR leaves the scene unchanged; one during the per-segment
+DRRs leaves the new DRR and the previous segment DRRs.
+
+Threads: MRML is not thread-safe. A host that runs :meth:`render` off its event loop (the web app, so that
+Cancel and progress reach the page) must keep its loop away from the scene except while the logic computes:
+:func:`renderStage` tells, from each progress message, whether the render is in the engine ("compute",
+no MRML access until the next report) or reading/writing nodes ("scene").
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+
+import slicer
+
+from . import views
+from .carm import checkLinearTransformNode
+from .conversion import checkVolumeNode, nodeLabel
+from .errors import NanoDRRError
+from .geometry import DETECTOR_PRESETS, CArmGeometry, checkNumber
+from .live import LiveRenderController
+from .logic import METHODS, NanoDRRLogic, resolveDevice
+from .output import DISPLAY_MODES
+from .segments import checkSegmentationNode
+
+#: What ``onChange`` listeners are told changed.
+CHANGES = ("inputs", "carm", "pose", "detector", "settings", "drr", "segments", "live", "busy", "status")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+#: The pose a new or reset C-arm gets: frontal (AP), DICOM angles 0/0, 850 mm from the isocenter.
+DEFAULT_SOD = 850.0
+#: Live: full-resolution re-render once the C-arm has been still this long after a preview (seconds).
+LIVE_FINALIZE_DELAY = 0.4
+#: Live previews keep at most this many detector pixels (the full detector when it is smaller).
+LIVE_PREVIEW_PIXELS = 256 * 256
+
+
+class RenderCancelled(Exception):
+    """Raised from the progress callback after :meth:`NanoDRRWorkflow.cancel`; unwinds the render."""
+
+
+@dataclass(frozen=True)
+class Pose:
+    """DICOM positioner angles (degrees: + LAO / − RAO, + CRAN / − CAUD) and the source-to-isocenter distance."""
+
+    primary: float = 0.0
+    secondary: float = 0.0
+    sod: float = DEFAULT_SOD
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """How DRRs are rendered (the module's *Rendering* section).
+
+    method: "joseph" (one sample per voxel plane; fastest on the CPU) or "raymarch" (``nSamples`` per ray).
+    boneContrast: scale of μ_bone (1 = physical). displayMode: "attenuation" (∫μ ds) or "transmission".
+    """
+
+    device: str = "auto"
+    method: str = "joseph"
+    nSamples: int = 500
+    boneContrast: float = 1.0
+    displayMode: str = "attenuation"
+
+    def checked(self) -> RenderSettings:
+        if not isinstance(self.device, str) or self.device not in DEVICES:
+            raise NanoDRRError(f"device: expected one of {DEVICES}, got {self.device!r}")
+        if not isinstance(self.method, str) or self.method not in METHODS:
+            raise NanoDRRError(f"method: expected one of {METHODS}, got {self.method!r}")
+        if not isinstance(self.displayMode, str) or self.displayMode not in DISPLAY_MODES:
+            raise NanoDRRError(f"displayMode: expected one of {DISPLAY_MODES}, got {self.displayMode!r}")
+        nSamples = checkNumber(self.nSamples, "nSamples", positive=True, integer=True, unit="samples per ray")
+        boneContrast = checkNumber(self.boneContrast, "boneContrast", positive=True)
+        return replace(self, nSamples=nSamples, boneContrast=boneContrast)
+
+
+#: Progress messages of ``NanoDRRLogic.render``/``renderSegments`` that start an engine pass (no MRML access).
+COMPUTE_MESSAGE_PREFIX = "Rendering"
+
+
+def renderStage(message: str) -> str:
+    """ "compute" while the logic runs the engine (after a "Rendering…" report), else "scene"."""
+    return "compute" if isinstance(message, str) and message.startswith(COMPUTE_MESSAGE_PREFIX) else "scene"
+
+
+def checkPose(primary, secondary, sod) -> Pose:
+    """A :class:`Pose` from user values, each checked by name (DICOM ranges, sod > 0)."""
+    return Pose(
+        checkNumber(primary, "primary", minimum=-180.0, maximum=180.0, unit="degrees (DICOM)"),
+        checkNumber(secondary, "secondary", minimum=-90.0, maximum=90.0, unit="degrees (DICOM)"),
+        checkNumber(sod, "sod", positive=True, unit="mm"),
+    )
+
+
+def matchingPreset(geometry: CArmGeometry) -> str:
+    """Name of the first detector preset equal to ``geometry`` (size, spacing, sdd), "" if none."""
+    for name, p in DETECTOR_PRESETS.items():
+        if (
+            int(p["height"]) == geometry.height
+            and int(p["width"]) == geometry.width
+            and all(
+                math.isclose(float(p[k]), float(getattr(geometry, k)), rel_tol=1e-6)
+                for k in ("delx", "dely", "sdd")
+            )
+        ):
+            return name
+    return ""
+
+
+def previewScaleFor(geometry: CArmGeometry, maxPixels: int = LIVE_PREVIEW_PIXELS) -> float:
+    """Pixel scale of live previews: 1 for detectors of at most ``maxPixels`` pixels, else fewer pixels."""
+    pixels = int(geometry.height) * int(geometry.width)
+    return 1.0 if pixels <= maxPixels else math.sqrt(maxPixels / pixels)
+
+
+class NanoDRRWorkflow:
+    """State and actions of one NanoDRR session on one MRML scene.
+
+    State (read it; change it through the actions): ``volumeNode``, ``segmentationNode``, ``segmentIds``
+    (the selection; empty = the visible segments), ``carmNode``, ``geometryModel``, ``pose`` (:class:`Pose`),
+    ``geometry`` (:class:`CArmGeometry`), ``settings`` (:class:`RenderSettings`), ``renderSegments``,
+    ``showGeometry``, ``outputNode`` (the DRR), ``segmentOutputs`` ({segmentId: DRR node}), ``live``,
+    ``busy``, ``progress`` (0…1), ``status`` (a line for the user), ``lastError``, ``lastResult``
+    (registration), ``renderCount`` (DRR updates, live ones included).
+    """
+
+    def __init__(
+        self,
+        scene,
+        logic: NanoDRRLogic | None = None,
+        schedule: Callable[[Callable[[], object], float], object] | None = None,
+        finalizeDelay: float = LIVE_FINALIZE_DELAY,
+        previewPixels: int = LIVE_PREVIEW_PIXELS,
+    ) -> None:
+        if scene is None or not hasattr(scene, "IsA") or not scene.IsA("vtkMRMLScene"):
+            raise NanoDRRError(f"scene: expected a vtkMRMLScene, got {type(scene).__name__}")
+        if schedule is not None and not callable(schedule):
+            raise NanoDRRError("schedule: must be callable (schedule(callback, delaySeconds)) or None")
+        self.scene = scene
+        self.logic = logic if logic is not None else NanoDRRLogic()
+        self._schedule = schedule
+        self.finalizeDelay = checkNumber(finalizeDelay, "finalizeDelay", minimum=0.0, unit="seconds")
+        self.previewPixels = checkNumber(previewPixels, "previewPixels", positive=True, integer=True)
+        self.volumeNode = None
+        self.segmentationNode = None
+        self.segmentIds: list[str] = []
+        self.carmNode = None
+        self.geometryModel = None
+        self.pose = Pose()
+        self.geometry = CArmGeometry()
+        self.settings = RenderSettings()
+        self.renderSegments = False
+        self.showGeometry = True
+        self.outputNode = None
+        self.segmentOutputs: dict[str, object] = {}
+        self.busy = False
+        self.progress = 0.0
+        self.status = ""
+        self.lastError: NanoDRRError | None = None
+        self.lastResult: dict | None = None
+        self.renderCount = 0
+        self._live: LiveRenderController | None = None
+        self._liveWanted = False
+        self._cancel = threading.Event()
+        self._listeners: list[Callable[[str], object]] = []
+        self._carmObservation = None
+        self._applyingPose = False
+        self._finalizeToken = 0
+
+    # --- listeners ---------------------------------------------------------------------------
+
+    def addListener(self, listener: Callable[[str], object]) -> None:
+        """``listener(what)`` after each change (``what`` in :data:`CHANGES`)."""
+        if not callable(listener):
+            raise NanoDRRError("listener: must be callable")
+        self._listeners.append(listener)
+
+    def removeListener(self, listener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def _changed(self, *what: str) -> None:
+        for w in what:
+            for listener in list(self._listeners):
+                listener(w)
+
+    def _setStatus(self, text: str, error: NanoDRRError | None = None) -> None:
+        self.status = text
+        self.lastError = error
+        self._changed("status")
+
+    def _fail(self, error: Exception, what: str) -> NanoDRRError:
+        """Record ``error`` (a NanoDRRError as is, others wrapped naming ``what``) and return it."""
+        if not isinstance(error, NanoDRRError):
+            wrapped = NanoDRRError(f"{what} failed ({type(error).__name__}): {error}")
+            wrapped.__cause__ = error
+            error = wrapped
+        self._setStatus(f"{what}: {error}", error)
+        return error
+
+    # --- inputs ------------------------------------------------------------------------------
+
+    def setInputs(self, volumeNode, segmentationNode=None) -> None:
+        """Select the CT (and optionally its segmentation). A C-arm already placed keeps its angles about
+        the new CT's centre; segment DRRs of the previous inputs are left in the scene."""
+        checkVolumeNode(volumeNode)
+        if volumeNode.GetScene() is not self.scene:
+            raise NanoDRRError(f"volumeNode {nodeLabel(volumeNode)}: is not in the workflow's scene")
+        if segmentationNode is not None:
+            checkSegmentationNode(segmentationNode, self.scene)
+        wasLive = self._liveWanted
+        self._stopLive()
+        self.volumeNode = volumeNode
+        self.segmentationNode = segmentationNode
+        self.segmentIds = []
+        self.segmentOutputs = {}
+        self._changed("inputs", "segments")
+        if self.carmNode is not None:
+            self._applyPose(self.pose)
+            views.enableCArmInteraction(self.carmNode, volumeNode)
+        if wasLive:
+            self.setLive(True)
+
+    def segments(self) -> list[tuple[str, str]]:
+        """``[(segmentId, name)]`` of the segmentation, in order (empty without one)."""
+        if self.segmentationNode is None:
+            return []
+        s = self.segmentationNode.GetSegmentation()
+        return [(s.GetNthSegmentID(i), s.GetNthSegment(i).GetName()) for i in range(s.GetNumberOfSegments())]
+
+    def setSegmentIds(self, segmentIds) -> None:
+        """Segments for the per-segment DRRs (empty: the visible ones); unknown IDs are refused."""
+        if isinstance(segmentIds, str) or not hasattr(segmentIds, "__iter__"):
+            raise NanoDRRError(f"segmentIds: expected a list of segment IDs, got {segmentIds!r}")
+        ids = list(segmentIds)
+        known = {sid for sid, _ in self.segments()}
+        for sid in ids:
+            if not isinstance(sid, str) or sid not in known:
+                raise NanoDRRError(f"segmentIds: no segment {sid!r} in the selected segmentation")
+        self.segmentIds = list(dict.fromkeys(ids))
+        self._changed("segments")
+
+    def setRenderSegments(self, enabled: bool) -> None:
+        if not isinstance(enabled, bool):
+            raise NanoDRRError(f"renderSegments: expected True or False, got {enabled!r}")
+        if enabled and self.segmentationNode is None:
+            raise NanoDRRError("renderSegments: select a segmentation first")
+        self.renderSegments = enabled
+        self._changed("segments")
+
+    # --- C-arm -------------------------------------------------------------------------------
+
+    def createCArm(self):
+        """Place a C-arm at the CT's centre with the current pose (a new node the first time, the same node
+        afterwards), with its 3D handles and source/beam/detector model; returns it."""
+        self._requireVolume("create the C-arm")
+        self.geometry.validate(self.pose.sod)
+        if self.carmNode is None or self.carmNode.GetScene() is not self.scene:
+            carm = self.logic.createCArmTransform(self.volumeNode, sod=self.pose.sod)
+            self._observeCArm(carm)
+            self.carmNode = carm
+            self._changed("carm")
+        self._applyPose(self.pose)
+        views.enableCArmInteraction(self.carmNode, self.volumeNode)
+        self._updateGeometryModel()
+        return self.carmNode
+
+    def resetCArm(self):
+        """Back to the default pose (AP, 850 mm); creates the C-arm if there is none."""
+        self.pose = Pose()
+        self._changed("pose")
+        return self.createCArm()
+
+    def setCArmNode(self, carmNode) -> None:
+        """Use an existing linear transform as the C-arm (its pose is read from it)."""
+        checkLinearTransformNode(carmNode)
+        if carmNode.GetScene() is not self.scene:
+            raise NanoDRRError(f"carmNode {nodeLabel(carmNode)}: is not in the workflow's scene")
+        self._stopLive()
+        self._observeCArm(carmNode)
+        self.carmNode = carmNode
+        self._changed("carm")
+        self.syncPoseFromCArm()
+        if self.volumeNode is not None:
+            views.enableCArmInteraction(carmNode, self.volumeNode)
+        self._updateGeometryModel()
+
+    def setPose(self, primary=None, secondary=None, sod=None) -> None:
+        """Move the C-arm to DICOM angles / SOD (omitted values are kept); live mode re-renders."""
+        p = self.pose
+        pose = checkPose(
+            p.primary if primary is None else primary,
+            p.secondary if secondary is None else secondary,
+            p.sod if sod is None else sod,
+        )
+        self.geometry.validate(pose.sod)
+        if self.carmNode is not None:
+            self._requireVolume("move the C-arm")
+            self._applyPose(pose)
+        self.pose = pose
+        self._changed("pose")
+
+    def _applyPose(self, pose: Pose) -> None:
+        self._applyingPose = True
+        try:
+            self.logic.setCArmAngles(self.carmNode, self.volumeNode, pose.primary, pose.secondary, pose.sod)
+        finally:
+            self._applyingPose = False
+
+    def syncPoseFromCArm(self) -> None:
+        """Read the pose back from the C-arm node (after it moved through its handles or a script)."""
+        if self.carmNode is None or self.volumeNode is None:
+            return
+        try:
+            primary, secondary, sod = self.logic.getCArmAngles(self.carmNode, self.volumeNode)
+        except NanoDRRError as e:  # e.g. a transform that does not look at the volume: keep the pose
+            self._setStatus(f"C-arm: {e}", e)
+            return
+        self.pose = Pose(float(primary), float(secondary), float(sod))
+        self._changed("pose")
+
+    def _observeCArm(self, carmNode) -> None:
+        if self._carmObservation is not None:
+            node, tag = self._carmObservation
+            node.RemoveObserver(tag)
+            self._carmObservation = None
+        if carmNode is not None:
+            tag = carmNode.AddObserver(
+                slicer.vtkMRMLTransformableNode.TransformModifiedEvent, self._onCArmModified
+            )
+            self._carmObservation = (carmNode, tag)
+
+    def _onCArmModified(self, caller=None, event=None) -> None:
+        if not self._applyingPose:
+            self.syncPoseFromCArm()
+
+    def setShowGeometry(self, visible: bool) -> None:
+        """Show or hide the source/beam/detector model and the C-arm's handles in 3D."""
+        if not isinstance(visible, bool):
+            raise NanoDRRError(f"showGeometry: expected True or False, got {visible!r}")
+        self.showGeometry = visible
+        self._updateGeometryModel()
+        self._changed("carm")
+
+    def _updateGeometryModel(self) -> None:
+        if self.carmNode is None:
+            return
+        if self.showGeometry:
+            self.geometryModel = self.logic.updateGeometryModel(
+                self.carmNode, self.geometry, self.geometryModel
+            )
+        if self.geometryModel is not None:
+            self.geometryModel.SetDisplayVisibility(self.showGeometry)
+        views.setCArmHandlesVisible(self.carmNode, self.showGeometry)
+
+    # --- detector and rendering options -------------------------------------------------------
+
+    def setDetector(self, **values) -> None:
+        """Change detector fields (sdd, height, width, delx, dely, x0, y0); checked with the current SOD."""
+        names = {f.name for f in fields(CArmGeometry)}
+        for key in values:
+            if key not in names:
+                raise NanoDRRError(f"detector: unknown field {key!r}; expected one of {sorted(names)}")
+        geometry = replace(self.geometry, **values).checked(self.pose.sod)
+        self.geometry = geometry
+        self._updateGeometryModel()
+        if self._live is not None:
+            self._live.geometry = geometry
+            self._live.previewScale = previewScaleFor(geometry, self.previewPixels)
+            self._live.requestRender()
+        self._changed("detector")
+
+    def applyPreset(self, name: str) -> None:
+        """A detector preset (:data:`~.geometry.DETECTOR_PRESETS`): size, spacing and sdd."""
+        if not isinstance(name, str) or name not in DETECTOR_PRESETS:
+            raise NanoDRRError(
+                f"preset: unknown detector preset {name!r}; expected one of {list(DETECTOR_PRESETS)}"
+            )
+        p = DETECTOR_PRESETS[name]
+        self.setDetector(
+            height=int(p["height"]), width=int(p["width"]), delx=float(p["delx"]), dely=float(p["dely"]),
+            sdd=float(p["sdd"]),
+        )  # fmt: skip
+
+    @property
+    def detectorPreset(self) -> str:
+        return matchingPreset(self.geometry)
+
+    def setSettings(self, **values) -> None:
+        """Change rendering settings (:class:`RenderSettings` fields), all checked before any is applied."""
+        names = {f.name for f in fields(RenderSettings)}
+        for key in values:
+            if key not in names:
+                raise NanoDRRError(f"settings: unknown field {key!r}; expected one of {sorted(names)}")
+        settings = replace(self.settings, **values).checked()
+        if settings.device != "auto":
+            resolveDevice(settings.device)  # a device that is not there is refused now, not at render time
+        self.settings = settings
+        if self._live is not None:
+            self._live.nSamples = settings.nSamples
+            self._live.device = self._device()
+            self._live.renderOptions = self._options()
+            self._live.requestRender()
+        self._changed("settings")
+
+    def _device(self):
+        return None if self.settings.device == "auto" else self.settings.device
+
+    def method(self) -> str:
+        """The logic's ``method``: Joseph's fast kernels are CPU ones, so a GPU renders its ray march."""
+        if self.settings.method == "joseph" and resolveDevice(self._device()).type != "cpu":
+            return "raymarch"
+        return self.settings.method
+
+    def muBone(self):
+        """μ_bone (1/mm) for the bone contrast; None keeps the engine's physical value."""
+        if abs(self.settings.boneContrast - 1.0) < 1e-9:
+            return None
+        from nanodrr_engine.data.preprocess import MU_BONE
+
+        return MU_BONE * self.settings.boneContrast
+
+    def _options(self) -> dict:
+        return {"muBone": self.muBone(), "displayMode": self.settings.displayMode, "method": self.method()}
+
+    # --- rendering ---------------------------------------------------------------------------
+
+    def render(self, progress: Callable[[float, str], object] | None = None):
+        """Render the DRR (and the per-segment DRRs when ``renderSegments``) at full resolution.
+
+        Creates the C-arm if there is none. Returns ``(drr, {segmentId: node})``, or None when cancelled
+        (the scene is then unchanged). Segment DRRs of a previous render are overwritten in place and those
+        of segments no longer rendered removed.
+        """
+        if self.busy:
+            raise NanoDRRError("render: a render is already running")
+        self._requireVolume("render")
+        if self.renderSegments and self.segmentationNode is None:
+            raise NanoDRRError("renderSegments: select a segmentation first")
+        if self.carmNode is None:
+            self.createCArm()
+        wasLive = self._liveWanted
+        self._stopLive()
+        self._cancel.clear()
+        self.busy = True
+        self.progress = 0.0
+        self._changed("busy")
+        withSegments = self.renderSegments
+        share = 0.5 if withSegments else 1.0
+
+        def report(offset):
+            def callback(fraction, message=""):
+                if self._cancel.is_set():
+                    raise RenderCancelled()
+                self.progress = min(max(offset + share * float(fraction), 0.0), 1.0)
+                self.status = message
+                if progress is not None:
+                    progress(self.progress, message)
+                if self._cancel.is_set():
+                    raise RenderCancelled()
+
+            return callback
+
+        options = {"nSamples": self.settings.nSamples, "device": self._device(), **self._options()}
+        try:
+            try:
+                drr = self.logic.render(
+                    self.volumeNode, self.carmNode, self.geometry, outputNode=self._liveOutput(),
+                    progressCallback=report(0.0), **options,
+                )  # fmt: skip
+                self._setOutput(drr)
+                parts = {}
+                if withSegments:
+                    parts = self._renderSegments(report(share), options)
+            except RenderCancelled:
+                self._setStatus("Cancelled.")
+                return None
+            except Exception as e:
+                raise self._fail(e, "Render") from None
+        finally:
+            self.busy = False
+            self.progress = 0.0
+            self._changed("busy")
+            if wasLive:
+                self._startLive(quiet=True)
+        self._setStatus("Done.")
+        return drr, parts
+
+    def _renderSegments(self, progressCallback, options) -> dict:
+        ids = list(self.segmentIds) or None
+        previous = {sid: n for sid, n in self.segmentOutputs.items() if n.GetScene() is self.scene}
+        parts = self.logic.renderSegments(
+            self.volumeNode, self.carmNode, self.geometry, self.segmentationNode, segmentIds=ids,
+            outputNodes={sid: n for sid, n in previous.items() if ids is None or sid in ids},
+            progressCallback=progressCallback, **options,
+        )  # fmt: skip
+        for sid, node in previous.items():
+            if sid not in parts:
+                self.scene.RemoveNode(node)
+        self.segmentOutputs = dict(parts)
+        self._changed("segments")
+        return parts
+
+    def cancel(self) -> None:
+        """Stop the running render at its next progress report (safe from any thread)."""
+        if self.busy:
+            self._cancel.set()
+            self.status = "Cancelling…"
+            self._changed("status")
+
+    def _liveOutput(self):
+        if self.outputNode is not None and self.outputNode.GetScene() is not self.scene:
+            self.outputNode = None  # removed from the scene
+        return self.outputNode
+
+    def _setOutput(self, node) -> None:
+        self.outputNode = node
+        self.renderCount += 1
+        self._changed("drr")
+
+    def _requireVolume(self, what: str) -> None:
+        if self.volumeNode is None:
+            raise NanoDRRError(f"{what}: select a CT volume first")
+        if self.volumeNode.GetScene() is not self.scene:
+            raise NanoDRRError(f"{what}: the CT volume was removed from the scene; select another")
+
+    # --- live --------------------------------------------------------------------------------
+
+    @property
+    def live(self) -> bool:
+        return self._live is not None and self._live.isActive
+
+    def setLive(self, enabled: bool) -> None:
+        """Start (render once, then follow every change of the C-arm, CT or detector) or stop live mode."""
+        if not isinstance(enabled, bool):
+            raise NanoDRRError(f"live: expected True or False, got {enabled!r}")
+        if not enabled:
+            self._liveWanted = False
+            self._stopLive()
+            self._changed("live")
+            return
+        self._requireVolume("live rendering")
+        if self.busy:
+            raise NanoDRRError("live rendering: wait for the running render to finish")
+        if self.carmNode is None:
+            self.createCArm()
+        self._liveWanted = True
+        self._startLive(quiet=False)
+
+    def _startLive(self, quiet: bool) -> None:
+        self._stopLive()
+        schedule = None if self._schedule is None else (lambda cb: self._schedule(cb, 0.0))
+        live = LiveRenderController(
+            self.logic, self.volumeNode, self.carmNode, self.geometry, outputNode=self._liveOutput(),
+            nSamples=self.settings.nSamples, device=self._device(),
+            previewScale=previewScaleFor(self.geometry, self.previewPixels), schedule=schedule,
+            onRendered=self._onLiveRendered, onError=self._onLiveError, **self._options(),
+        )  # fmt: skip
+        try:
+            live.start()
+        except Exception as e:
+            self._liveWanted = False
+            self._changed("live")
+            if quiet:
+                self._fail(e, "Live rendering")
+                return
+            raise self._fail(e, "Live rendering") from None
+        self._live = live
+        self._changed("live")
+
+    def _stopLive(self) -> None:
+        self._finalizeToken += 1
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+    def _onLiveRendered(self, node) -> None:
+        first = self.outputNode is not node
+        self.outputNode = node
+        self.renderCount += 1
+        if self.lastError is not None:
+            self._setStatus("")
+        self._changed("drr")
+        if first:
+            self._changed("live")
+        if self._live is not None and self._live.isPreview and self._schedule is not None:
+            self._finalizeToken += 1
+            token = self._finalizeToken
+            self._schedule(lambda: self._finalizeIf(token), self.finalizeDelay)
+
+    def _finalizeIf(self, token: int) -> None:
+        if token == self._finalizeToken:
+            self.finalizeLive()
+
+    def finalizeLive(self) -> bool:
+        """Full resolution after a live preview (scheduled by itself when the host gave ``schedule``)."""
+        return self._live is not None and not self.busy and self._live.finalize()
+
+    def _onLiveError(self, error: NanoDRRError) -> None:
+        self._setStatus(f"Live rendering: {error}", error)
+
+    # --- registration ------------------------------------------------------------------------
+
+    def register(self, xrayNode, xrayGeometry: CArmGeometry, progress=None, **options) -> dict | None:
+        """Move the C-arm so that its DRR matches ``xrayNode`` (:meth:`NanoDRRLogic.registerCArm`); None if
+        cancelled (the C-arm then stays where it was)."""
+        if self.busy:
+            raise NanoDRRError("registration: a render is already running")
+        self._requireVolume("registration")
+        if self.carmNode is None:
+            raise NanoDRRError("registration: create or select the C-arm to start from")
+        self._cancel.clear()
+        self.busy = True
+        self._changed("busy")
+
+        def callback(fraction, message=""):
+            if self._cancel.is_set():
+                raise RenderCancelled()
+            self.progress = float(fraction)
+            if progress is not None:
+                progress(self.progress, message)
+
+        try:
+            result = self.logic.registerCArm(
+                self.volumeNode, self.carmNode, xrayNode, xrayGeometry, progressCallback=callback, **options
+            )
+        except RenderCancelled:
+            self._setStatus("Registration cancelled.")
+            return None
+        except Exception as e:
+            raise self._fail(e, "Registration") from None
+        finally:
+            self.busy = False
+            self.progress = 0.0
+            self._changed("busy")
+        self.lastResult = result
+        self.syncPoseFromCArm()
+        self._setStatus("Registered.")
+        return result
+
+    def undoRegistration(self) -> None:
+        """Put the C-arm back where the last :meth:`register` found it."""
+        if self.carmNode is None:
+            raise NanoDRRError("undoRegistration: no C-arm")
+        self.logic.undoRegistration(self.carmNode)
+        self.syncPoseFromCArm()
+
+    # --- teardown ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop live mode and remove the workflow's observers (the nodes stay in the scene)."""
+        self._liveWanted = False
+        self._stopLive()
+        self._observeCArm(None)
+        self._listeners.clear()
+
+
+__all__ = [
+    "CHANGES",
+    "DEFAULT_SOD",
+    "NanoDRRWorkflow",
+    "Pose",
+    "RenderCancelled",
+    "RenderSettings",
+    "checkPose",
+    "matchingPreset",
+    "previewScaleFor",
+    "renderStage",
+]
