@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .backends.torch_ref import _nearest_label
 
@@ -87,15 +86,8 @@ def end_correction(vol, lab, n_classes: int, cam_to_voxel, src, tgt, shape) -> t
         -1, m.unsqueeze(-2).expand(*m.shape[:-1], 4, 1), True
     )
     pts = torch.where(on_m, planes.unsqueeze(-1), pts)
-    grid = (2.0 * pts + 1.0) / size - 1.0
     B, N = pts.shape[:2]
-    mu = F.grid_sample(
-        vol[None, None].to(grid.dtype),
-        grid.reshape(1, 1, 1, B * N * 4, 3),
-        mode="bilinear",
-        padding_mode="zeros",
-        align_corners=False,
-    ).reshape(B, N, 4)
+    mu = _trilinear(vol, pts.reshape(B * N * 4, 3)).reshape(B, N, 4)
     contrib = mu * weights
     if n_classes == 1:
         return contrib.sum(-1).unsqueeze(1).to(torch.promote_types(vol.dtype, torch.float32))
@@ -104,3 +96,27 @@ def end_correction(vol, lab, n_classes: int, cam_to_voxel, src, tgt, shape) -> t
     out = out.scatter_add(1, channel, contrib.reshape(B * N, 4))
     out = out[:, :n_classes].reshape(B, N, n_classes).transpose(1, 2)
     return out.to(torch.promote_types(vol.dtype, torch.float32))
+
+
+def _trilinear(vol: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
+    """Trilinear samples ``[P]`` of ``vol`` ``[K, J, I]`` at voxel coordinates ``pts`` ``[P, 3]`` (i, j, k),
+    zero outside (grid_sample's rule), gathering only the 8 neighbours: converting or copying the whole
+    volume on every render would cost more than the render."""
+    k, j, i = vol.shape
+    base = pts.floor()
+    frac = pts - base
+    base = base.long()
+    flat = vol.reshape(-1)
+    out = torch.zeros(pts.shape[0], dtype=pts.dtype, device=pts.device)
+    for dx in (0, 1):
+        for dy in (0, 1):
+            for dz in (0, 1):
+                x, y, z = base[:, 0] + dx, base[:, 1] + dy, base[:, 2] + dz
+                valid = (x >= 0) & (x < i) & (y >= 0) & (y < j) & (z >= 0) & (z < k)
+                index = torch.where(valid, (z * j + y) * i + x, torch.zeros_like(x))
+                value = torch.where(valid, flat[index].to(pts.dtype), torch.zeros_like(out))
+                wx = frac[:, 0] if dx else 1 - frac[:, 0]
+                wy = frac[:, 1] if dy else 1 - frac[:, 1]
+                wz = frac[:, 2] if dz else 1 - frac[:, 2]
+                out = out + value * wx * wy * wz
+    return out
