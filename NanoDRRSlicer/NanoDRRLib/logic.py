@@ -26,6 +26,7 @@ import numpy as np
 import slicer
 
 from . import carm as _carm
+from . import overlay as _overlay
 from . import registration as _registration
 from .conversion import (
     SubjectCache,
@@ -183,6 +184,10 @@ class NanoDRRLogic:
     def loadXray(self, scene, path, volumeNode=None, **geometry) -> tuple:
         """X-ray file → ``(volume node, CArmGeometry or None, C-arm node or None)`` from its tags."""
         return _registration.loadXray(scene, path, volumeNode, **geometry)
+
+    def updateOverlay(self, drrNode, xrayNode, geometry: CArmGeometry, mode="blend", blend=0.5, **kw):
+        """The DRR over the X-ray as an RGB node on the detector plane (see :mod:`NanoDRRLib.overlay`)."""
+        return _overlay.updateOverlayNode(drrNode, xrayNode, geometry, mode, blend, **kw)
 
     # --- validation ----------------------------------------------------------------------------
 

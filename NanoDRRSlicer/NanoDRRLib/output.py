@@ -257,8 +257,12 @@ def readAttributes(node) -> dict:
         name = key[len(ATTRIBUTE_PREFIX) :]
         if name not in ids:
             out[name] = _parse(name, raw)
+    roles = []
+    node.GetNodeReferenceRoles(roles)  # asking for an absent role would add it to the node: list them first
     for role in REFERENCE_ROLES:
-        referenced = node.GetNodeReferenceID(ATTRIBUTE_PREFIX + role)
+        referenced = (
+            node.GetNodeReferenceID(ATTRIBUTE_PREFIX + role) if ATTRIBUTE_PREFIX + role in roles else None
+        )
         if referenced:
             out[role + "ID"] = referenced
     return out
