@@ -20,9 +20,9 @@ from concurrent.futures.process import BrokenProcessPool
 
 from . import store
 from .errors import DatasetError
-from .renderer import Renderer
+from .renderer import Renderer, limit_threads
 from .spec import DatasetSpec
-from .worker import ChunkResult, Job, init_pool, pool_chunk, run_chunk
+from .worker import ChunkResult, Job, init_pool, pool_chunk, run_chunk, threads_in_use
 
 ENGINES = ("local", "ray")
 
@@ -36,14 +36,24 @@ def cores() -> int:
 
 
 def run_inprocess(job: Job, loaded: list, chunks: list[int]) -> Iterator[ChunkResult]:
+    """This process with ``job.threads`` threads (the previous counts are restored at the end)."""
     spec = DatasetSpec.from_dict(job.spec)
-    r = Renderer(spec, loaded, job.device, job.backend)
-    group = store.open_store(job.out, "r+")
-    for c in chunks:
-        t = time.perf_counter()
-        arrays = r.render(spec.chunk_range(c))
-        nbytes = store.write_chunk(group, spec, c, arrays)
-        yield ChunkResult(c, len(arrays["images"]), nbytes, time.perf_counter() - t)
+    before = threads_in_use()
+    limit_threads(job.threads, environment=False)
+    try:
+        r = Renderer(spec, loaded, job.device, job.backend)
+        group = store.open_store(job.out, "r+")
+        for c in chunks:
+            t = time.perf_counter()
+            arrays = r.render(spec.chunk_range(c))
+            nbytes = store.write_chunk(group, spec, c, arrays)
+            yield ChunkResult(c, len(arrays["images"]), nbytes, time.perf_counter() - t, threads_in_use())
+    finally:
+        limit_threads(before[0], environment=False)
+        if before[1]:
+            import numba
+
+            numba.set_num_threads(before[1])
 
 
 def run_local(job: Job, chunks: list[int], workers: int) -> Iterator[ChunkResult]:

@@ -28,7 +28,8 @@ from .worker import Job
 
 @dataclass(frozen=True)
 class Summary:
-    """What a run did: ``images`` rendered now (of ``total``), the store's bytes on disk, wall seconds."""
+    """What a run did: ``images`` rendered now (of ``total``), the store's bytes on disk, wall seconds;
+    ``threads``: the (torch, numba) thread counts the workers rendered with."""
 
     path: str
     total: int
@@ -39,6 +40,7 @@ class Summary:
     engine: str
     workers: int
     resumed: bool
+    threads: tuple = ()
 
     @property
     def images_per_second(self) -> float:
@@ -137,6 +139,8 @@ def generate(
         raise DatasetError("gpus_per_worker: only for engine='ray' (use device='cuda' for a local run)")
     inputs = as_inputs(_with_labels(ct, labels))
     mode = store.check_out(out, overwrite)
+    if mode != "resume":  # absurd sizes before any CT is read (one channel: a lower bound)
+        _check_disk(spec, out, 1, spec.n_chunks, store.disk_bytes(out) if mode == "overwrite" else 0)
 
     loaded = [load(c) for c in inputs]
     channels = n_classes(spec, loaded)
@@ -157,16 +161,7 @@ def generate(
         todo = [c for c in todo if not done[c]]
     elif mode == "overwrite":
         reclaim = store.disk_bytes(out)
-    need = store.estimate_bytes(spec, channels, len(todo))
-    free = store.free_bytes(out) + reclaim
-    if need > free:
-        d = spec.detector
-        raise DatasetTooLargeError(
-            f"n: {spec.n:,} images of {channels}×{d.height}×{d.width} {spec.dtype} need up to {_size(need)} on "
-            f"disk ({need:,} bytes, uncompressed) for the {len(todo):,} missing chunks, but {_size(free)} are "
-            f"free at {Path(out).resolve().parent}: ask for fewer or smaller images, or float16",
-            need,
-        )
+    _check_disk(spec, out, channels, len(todo), reclaim)
     if mode == "overwrite":
         store.remove(out)
     if mode in ("new", "overwrite"):
@@ -192,9 +187,11 @@ def generate(
             total=spec.n, initial=total_done, unit="img", smoothing=0.05, dynamic_ncols=True, file=sys.stderr
         )
     made = chunks = 0
+    used = set()
     try:
         for r in results:
             made += r.images
+            used.add(r.threads)
             chunks += 1
             if bar is not None:
                 bar.update(r.images)
@@ -220,8 +217,9 @@ def generate(
     if store.done_chunks(group).all():
         store.finish(group, seconds)
     return Summary(
-        str(out), spec.n, made, chunks, store.disk_bytes(out), seconds, engine, workers, mode == "resume"
-    )
+        str(out), spec.n, made, chunks, store.disk_bytes(out), seconds, engine, workers, mode == "resume",
+        tuple(sorted(used)),
+    )  # fmt: skip
 
 
 def _with_labels(ct, labels):
@@ -236,11 +234,27 @@ def _with_labels(ct, labels):
     return [CTFile(str(c), str(lab)) for c, lab in zip(cts, labs, strict=True)]
 
 
+def _check_disk(spec: DatasetSpec, out, channels: int, chunks: int, reclaim: int) -> None:
+    """Refuse a dataset whose estimated bytes exceed the free space (plus what ``overwrite`` frees)."""
+    need = store.estimate_bytes(spec, channels, chunks)
+    free = store.free_bytes(out) + reclaim
+    if need > free:
+        d = spec.detector
+        raise DatasetTooLargeError(
+            f"n: {spec.n:,} images of {channels}×{d.height}×{d.width} {spec.dtype} need up to {_size(need)} on "
+            f"disk ({need:,} bytes, uncompressed) for {chunks:,} chunks, but {_size(free)} are free at "
+            f"{Path(out).resolve().parent}: ask for fewer or smaller images, or float16",
+            need,
+        )
+
+
 def _check_fits(spec: DatasetSpec, loaded: list, channels: int) -> None:
     """One chunk's render within the work budget; blur kernels inside the image."""
     d = spec.detector
     shape = tuple(max(ct.hu.shape[k] for ct in loaded) for k in range(3))
-    cost = budget.estimate(spec.chunk, d.height, d.width, spec.n_samples, spec.method, shape, channels, 8)
+    cost = budget.estimate(
+        min(spec.chunk, spec.n), d.height, d.width, spec.n_samples, spec.method, shape, channels, 8
+    )
     budget.check(cost, "chunk (one batch of images)")
     r = max_blur_radius(spec)
     if r >= min(d.height, d.width):

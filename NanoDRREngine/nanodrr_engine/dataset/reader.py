@@ -8,6 +8,8 @@ exactly the bytes ``generate`` stores for the same spec; on a GPU the same distr
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 
@@ -43,7 +45,7 @@ class DRRDataset(torch.utils.data.Dataset):
             ]
             or [np.zeros(0, dtype=np.int64)]
         )
-        self._group = group
+        self._group, self._pid = group, os.getpid()
         self._cached: tuple[int, dict] | None = None
 
     @property
@@ -69,8 +71,8 @@ class DRRDataset(torch.utils.data.Dataset):
     def __getitem__(self, k: int) -> dict:
         if not -len(self) <= k < len(self):
             raise IndexError(f"index {k} out of range for {len(self)} samples")
-        if self._group is None:
-            self._group = store.open_store(self.path, "r")
+        if self._group is None or self._pid != os.getpid():  # a pickled copy, or a forked DataLoader worker
+            self._group, self._pid, self._cached = store.open_store(self.path, "r"), os.getpid(), None
         i = int(self._indices[k])
         c = i // self.spec.chunk
         meta = self._chunk_meta(c)
@@ -90,7 +92,9 @@ class DRRStream(torch.utils.data.IterableDataset):
     """Samples ``start … stop − 1`` of ``spec`` rendered on the fly on ``device``, ``batch_size`` at a time.
 
     Yields batches (dicts of stacked tensors, ``image`` ``[B, C, H, W]`` on ``device``); use it in a
-    ``DataLoader`` with ``batch_size=None``. With DataLoader workers each takes every K-th batch.
+    ``DataLoader`` with ``batch_size=None``. With DataLoader workers each takes every K-th batch; give the
+    loader ``multiprocessing_context="spawn"``: numba's OpenMP threads do not survive ``fork()`` once
+    this process has rendered (GNU OpenMP then terminates the worker).
     """
 
     def __init__(

@@ -37,12 +37,13 @@ _LANES = 4
 _BLOCKS_PER_THREAD = 8
 
 
-def limit_threads(n: int) -> None:
-    """Use ``n`` threads in this process (torch, numba, and BLAS/OpenMP libraries loaded later), so that
-    K worker processes share the cores instead of each starting one thread per core."""
+def limit_threads(n: int, environment: bool = True) -> None:
+    """Use ``n`` threads in this process (torch, numba and, with ``environment``, BLAS/OpenMP libraries
+    loaded later), so that K worker processes share the cores instead of each starting one per core."""
     n = max(1, int(n))
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        os.environ[var] = str(n) if var != "NUMBA_NUM_THREADS" else os.environ.get(var, str(n))
+    if environment:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ[var] = str(n)
     torch.set_num_threads(n)
     try:
         import numba

@@ -94,7 +94,8 @@ def estimate_bytes(spec: DatasetSpec, channels: int, chunks: int | None = None) 
     per = channels * d.height * d.width * np.dtype(spec.dtype).itemsize
     per += 8 * (16 + 9 + 1) + 4 + sum(8 * int(np.prod(shape)) for shape, _ in PARAMS.values())
     n = spec.n if chunks is None else min(spec.n, chunks * spec.chunk)
-    return n * per + (spec.n_chunks if chunks is None else chunks) * 64 + 64 * 1024
+    files = (5 + len(PARAMS)) * 4096  # one file per array and chunk, a file-system block at least
+    return n * per + (spec.n_chunks if chunks is None else chunks) * files + 64 * 1024
 
 
 def free_bytes(path: str | Path) -> int:

@@ -35,10 +35,24 @@ class Job:
 
 @dataclass(frozen=True)
 class ChunkResult:
+    """A written chunk; ``threads`` = (torch, numba) threads of the process that rendered it."""
+
     chunk: int
     images: int
     bytes: int
     seconds: float
+    threads: tuple[int, int] = (0, 0)
+
+
+def threads_in_use() -> tuple[int, int]:
+    import torch
+
+    try:
+        import numba
+
+        return torch.get_num_threads(), int(numba.get_num_threads())
+    except ImportError:
+        return torch.get_num_threads(), 0
 
 
 def _loaded(ct) -> LoadedCT:
@@ -72,7 +86,7 @@ def run_chunk(job: Job, c: int) -> ChunkResult:
     r = renderer(job)
     arrays = r.render(r.spec.chunk_range(c))
     nbytes = store.write_chunk(_GROUPS[job.run], r.spec, c, arrays)
-    return ChunkResult(c, len(arrays["images"]), nbytes, time.perf_counter() - t)
+    return ChunkResult(c, len(arrays["images"]), nbytes, time.perf_counter() - t, threads_in_use())
 
 
 def init_pool(job: Job) -> None:
@@ -90,4 +104,4 @@ def pool_chunk(c: int) -> ChunkResult:
     return run_chunk(_POOL_JOB, c)
 
 
-__all__ = ["ChunkResult", "Job", "init_pool", "pool_chunk", "renderer", "run_chunk"]
+__all__ = ["ChunkResult", "Job", "init_pool", "pool_chunk", "renderer", "run_chunk", "threads_in_use"]
