@@ -86,6 +86,7 @@ def generate(
     overwrite: bool = False,
     progress: bool | Callable[[int, int], object] = False,
     command: str | None = None,
+    channel_names: list[str] | None = None,
 ) -> Summary:
     """Render a DRR dataset into the Zarr store ``out`` (resuming it if it exists).
 
@@ -102,6 +103,7 @@ def generate(
         progress: True for a tqdm bar; a callable ``progress(done, total)`` after each chunk (may raise
             to stop: finished chunks stay, as after Ctrl-C).
         command: recorded in the store (default: this process's command line).
+        channel_names: recorded as the ``channel_names`` attribute (one per channel, e.g. segment names).
 
     Returns:
         A :class:`Summary`.
@@ -145,12 +147,17 @@ def generate(
     loaded = [load(c) for c in inputs]
     channels = n_classes(spec, loaded)
     _check_fits(spec, loaded, channels)
+    if channel_names is not None and (
+        len(channel_names) != channels or not all(isinstance(c, str) for c in channel_names)
+    ):
+        raise DatasetError(f"channel_names: expected {channels} names (one per channel), got {channel_names!r}")
     record = {
         "format": store.FORMAT_VERSION, "engine_version": __version__, "zarr_version": store.zarr.__version__,
         "conventions": store.CONVENTIONS, "seed": spec.seed, "n": spec.n, "chunk": spec.chunk,
         "channels": channels, "spec": spec.to_dict(), "cts": [c.record for c in loaded],
         "command": command if command is not None else shlex.join(sys.argv),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "complete": False,
+        "channel_names": None if channel_names is None else list(channel_names),
     }  # fmt: skip
     todo = list(range(spec.n_chunks))
     reclaim = 0
