@@ -26,6 +26,7 @@ import numpy as np
 import slicer
 
 from . import carm as _carm
+from . import dataset as _dataset
 from . import overlay as _overlay
 from . import registration as _registration
 from .conversion import (
@@ -188,6 +189,16 @@ class NanoDRRLogic:
     def updateOverlay(self, drrNode, xrayNode, geometry: CArmGeometry, mode="blend", blend=0.5, **kw):
         """The DRR over the X-ray as an RGB node on the detector plane (see :mod:`NanoDRRLib.overlay`)."""
         return _overlay.updateOverlayNode(drrNode, xrayNode, geometry, mode, blend, **kw)
+
+    # --- training data -------------------------------------------------------------------------
+
+    def generateDataset(
+        self, volumeNode, outputPath, n, segmentationNode=None, *, progressCallback=None, **options
+    ):
+        """Render ``n`` DRRs of the CT (and segments) into a Zarr dataset (see :mod:`NanoDRRLib.dataset`)."""
+        return _dataset.generateDataset(
+            volumeNode, outputPath, n, segmentationNode, progressCallback=progressCallback, **options
+        )
 
     # --- validation ----------------------------------------------------------------------------
 
