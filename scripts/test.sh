@@ -4,6 +4,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 bash scripts/bootstrap.sh
+bash scripts/install_system_deps.sh  # chromium + EGL/Mesa for the browser tests
 echo "[test] ruff"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .

@@ -35,6 +35,8 @@ def enableCArmInteraction(carmNode, volumeNode, rotation: bool = True, translati
     display.SetEditorRotationEnabled(bool(rotation))
     display.SetEditorTranslationEnabled(bool(translation))
     display.SetEditorScalingEnabled(False)
+    if hasattr(display, "SetEditorSliceIntersectionVisibility"):  # Slicer ≥ 5.8: no handles in slice views
+        display.SetEditorSliceIntersectionVisibility(False)
     display.EndModify(wasModifying)
     carmNode.SetCenterOfTransformation(*(float(c) for c in center[:3]))
 
