@@ -98,12 +98,13 @@ def drrInfo(workflow: NanoDRRWorkflow) -> dict:
 class StateBinding:
     """Binds ``server.state`` to ``workflow``; ``onDrr(node)`` shows a new DRR in the views."""
 
-    def __init__(self, server, workflow: NanoDRRWorkflow, onDrr=None, onInputs=None) -> None:
+    def __init__(self, server, workflow: NanoDRRWorkflow, onDrr=None, onInputs=None, beforePose=None) -> None:
         self.server = server
         self.state = server.state
         self.workflow = workflow
         self._onDrr = onDrr
         self._onInputs = onInputs
+        self._beforePose = beforePose
         self._dirty: set[str] = set()
         self._flushScheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -157,6 +158,8 @@ class StateBinding:
             return
 
         def move():
+            if self._beforePose is not None:
+                self._beforePose()
             self.workflow.setPose(**{f: asNumber(v, f) for f, v in values.items()})
 
         self.guarded(move, "pose")

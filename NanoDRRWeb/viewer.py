@@ -3,7 +3,10 @@ slice view showing the DRR as seen from the detector, streamed to the page as im
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
+import slicer
 from NanoDRRLib import isocenter
 from NanoDRRLib import views as drrViews
 from trame_slicer.core import LayoutManager, SlicerApp
@@ -15,6 +18,9 @@ THREED_TAG = "ThreeD"
 DRR_TAG = "Red"
 #: Volume rendering preset of the CT (trame-slicer's presets.xml).
 CT_PRESET = "CT-Bone"
+STILL_QUALITY = 90
+#: Software OpenGL volume-renders the CT in ~450 ms at normal quality; adaptive quality aims at this rate.
+VOLUME_RENDERING_FPS = 30.0
 #: 3D camera: from the patient's right, anterior and above, far enough to see source and detector (mm).
 CAMERA_DIRECTION = (1.0, 0.8, 0.6)
 CAMERA_DISTANCE = 3600.0
@@ -25,7 +31,10 @@ class Viewer:
 
     def __init__(self, slicerApp: SlicerApp, server) -> None:
         self.app = slicerApp
-        register_rca_factories(slicerApp.view_manager, server, target_fps=30.0, blur_fps=30.0)
+        # one JPEG quality for moving and still frames: no second, "still" render of the 3D view after each change
+        register_rca_factories(
+            slicerApp.view_manager, server, target_fps=30.0, blur_fps=30.0, interactive_quality=STILL_QUALITY
+        )
         self.layoutManager = LayoutManager(slicerApp.scene, slicerApp.view_manager, server)
         threeD = ViewLayoutDefinition.threed_view(name=THREED_TAG)
         drr = ViewLayoutDefinition.slice_view("Axial", label=DRR_TAG, color="#F34A33")
@@ -35,6 +44,9 @@ class Viewer:
             # trame-slicer asks for 8× multisampling, which on software OpenGL (Mesa) hides the
             # transform handles and costs frames; the views are sharp enough without it.
             view.render_window().SetMultiSamples(0)
+        threeDNode = self.threeD.get_view_node()
+        threeDNode.SetVolumeRenderingQuality(slicer.vtkMRMLViewNode.Adaptive)
+        threeDNode.SetExpectedFPS(VOLUME_RENDERING_FPS)
         self._fitted = None
         self._ctDisplay = None
         self._volume = None
@@ -101,7 +113,24 @@ class Viewer:
             view.fit_view_to_content()
             self._fitted = size
         view.schedule_render()
+        try:  # after the DRR view's render task has woken up
+            asyncio.get_running_loop().call_soon(self.releaseThreeD)
+        except RuntimeError:
+            self.releaseThreeD()
         self.threeD.schedule_render()
+
+    def deferThreeD(self, safety: float = 1.0) -> None:
+        """Hold the 3D view's renders until the next DRR is shown, so that the DRR view is streamed first
+        (a software-rendered 3D frame takes longer than the DRR); released after ``safety`` s regardless."""
+        self.threeD.set_render_blocked(True)
+        try:
+            asyncio.get_running_loop().call_later(safety, self.releaseThreeD)
+        except RuntimeError:
+            self.releaseThreeD()
+
+    def releaseThreeD(self) -> None:
+        if self.threeD.is_render_blocked:
+            self.threeD.set_render_blocked(False)
 
     def resetViews(self) -> None:
         self.frame()
