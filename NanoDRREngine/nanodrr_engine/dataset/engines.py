@@ -1,7 +1,8 @@
 """Engines: who renders which chunk. Each yields a :class:`~.worker.ChunkResult` per finished chunk.
 
 - ``inprocess``: this process, chunk after chunk (the caller's threads; what Slicer uses).
-- ``local``: K worker processes (spawned, threads limited so that K × threads fits the cores).
+- ``local``: K worker processes (spawned, threads limited so that K × threads fits the cores). As with
+  any spawned ``multiprocessing`` worker, a script calling it needs an ``if __name__ == "__main__":`` guard.
 - ``ray``: one Ray task per chunk on a local Ray cluster (started here) or an existing one
   (``address``); tasks reserve ``threads`` CPUs and ``gpus`` GPUs each and write their chunk themselves.
 
@@ -44,10 +45,11 @@ def run_inprocess(job: Job, loaded: list, chunks: list[int]) -> Iterator[ChunkRe
         r = Renderer(spec, loaded, job.device, job.backend)
         group = store.open_store(job.out, "r+")
         for c in chunks:
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), time.process_time()
             arrays = r.render(spec.chunk_range(c))
             nbytes = store.write_chunk(group, spec, c, arrays)
-            yield ChunkResult(c, len(arrays["images"]), nbytes, time.perf_counter() - t, threads_in_use())
+            seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
+            yield ChunkResult(c, len(arrays["images"]), nbytes, seconds, threads_in_use(), cpu)
     finally:
         limit_threads(before[0], environment=False)
         if before[1]:
@@ -71,7 +73,9 @@ def run_local(job: Job, chunks: list[int], workers: int) -> Iterator[ChunkResult
                 yield f.result()
     except BrokenProcessPool as e:
         raise DatasetError(
-            "workers: a worker process died (killed, or out of memory); finished chunks are kept: re-run to resume"
+            "workers: a worker process died (killed, out of memory, or started from a script without an "
+            "'if __name__ == \"__main__\":' guard, which spawned workers re-run); finished chunks are kept: "
+            "re-run to resume"
         ) from e
     finally:
         for f in pending:

@@ -29,7 +29,8 @@ from .worker import Job
 @dataclass(frozen=True)
 class Summary:
     """What a run did: ``images`` rendered now (of ``total``), the store's bytes on disk, wall seconds;
-    ``threads``: the (torch, numba) thread counts the workers rendered with."""
+    ``threads``: the (torch, numba) thread counts the workers rendered with; ``cpu_seconds``: the CPU time
+    the workers spent on the chunks (all their threads)."""
 
     path: str
     total: int
@@ -41,6 +42,7 @@ class Summary:
     workers: int
     resumed: bool
     threads: tuple = ()
+    cpu_seconds: float = 0.0
 
     @property
     def images_per_second(self) -> float:
@@ -150,7 +152,9 @@ def generate(
     if channel_names is not None and (
         len(channel_names) != channels or not all(isinstance(c, str) for c in channel_names)
     ):
-        raise DatasetError(f"channel_names: expected {channels} names (one per channel), got {channel_names!r}")
+        raise DatasetError(
+            f"channel_names: expected {channels} names (one per channel), got {channel_names!r}"
+        )
     record = {
         "format": store.FORMAT_VERSION, "engine_version": __version__, "zarr_version": store.zarr.__version__,
         "conventions": store.CONVENTIONS, "seed": spec.seed, "n": spec.n, "chunk": spec.chunk,
@@ -195,10 +199,12 @@ def generate(
         )
     made = chunks = 0
     used = set()
+    cpu = 0.0
     try:
         for r in results:
             made += r.images
             used.add(r.threads)
+            cpu += r.cpu_seconds
             chunks += 1
             if bar is not None:
                 bar.update(r.images)
@@ -225,7 +231,7 @@ def generate(
         store.finish(group, seconds)
     return Summary(
         str(out), spec.n, made, chunks, store.disk_bytes(out), seconds, engine, workers, mode == "resume",
-        tuple(sorted(used)),
+        tuple(sorted(used)), cpu,
     )  # fmt: skip
 
 

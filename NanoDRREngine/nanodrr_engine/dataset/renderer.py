@@ -11,8 +11,9 @@ so a block boundary that is not a multiple of four changes which rays march toge
 bits. Each call here therefore renders a number of images whose total ray count is a multiple of
 ``32 · threads`` (repeating the last pose as padding where needed), every block then starts on a
 multiple of four, and with height × width a multiple of four no group straddles two images: an
-image's bits depend on nothing but its own pose. Calls stay below the size at which ``render`` splits
-work itself (``AUTO_CHUNKS · CHUNK_SAMPLES``).
+image's bits depend on nothing but its own pose. A call holds about ``CHUNK_SAMPLES["numba"]`` volume
+samples (the chunk ``render`` itself would use): far larger calls make the kernels' blocks outgrow the
+caches and run slower, and stay below the size at which ``render`` would split the work again.
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ class Renderer:
         rays = self.spec.detector.height * self.spec.detector.width
         unit = _LANES * _BLOCKS_PER_THREAD * _kernel_threads()
         step = unit // math.gcd(rays, unit)
-        fit = AUTO_CHUNKS * CHUNK_SAMPLES["numba"] // max(1, self.cost(1).samples)
+        fit = CHUNK_SAMPLES["numba"] // max(1, self.cost(1).samples)  # the engine's own chunk of work
         return step, max(step, fit // step * step)
 
     def _lines(self, subject: Subject, poses: np.ndarray) -> np.ndarray:

@@ -35,13 +35,15 @@ class Job:
 
 @dataclass(frozen=True)
 class ChunkResult:
-    """A written chunk; ``threads`` = (torch, numba) threads of the process that rendered it."""
+    """A written chunk: wall ``seconds`` and ``cpu_seconds`` (all threads of the process that rendered and
+    wrote it), ``threads`` = that process's (torch, numba) threads."""
 
     chunk: int
     images: int
     bytes: int
     seconds: float
     threads: tuple[int, int] = (0, 0)
+    cpu_seconds: float = 0.0
 
 
 def threads_in_use() -> tuple[int, int]:
@@ -82,11 +84,12 @@ def renderer(job: Job) -> Renderer:
 
 def run_chunk(job: Job, c: int) -> ChunkResult:
     """Render chunk ``c`` and write it into the store (marker last)."""
-    t = time.perf_counter()
     r = renderer(job)
+    t, cpu = time.perf_counter(), time.process_time()
     arrays = r.render(r.spec.chunk_range(c))
     nbytes = store.write_chunk(_GROUPS[job.run], r.spec, c, arrays)
-    return ChunkResult(c, len(arrays["images"]), nbytes, time.perf_counter() - t, threads_in_use())
+    seconds = time.perf_counter() - t
+    return ChunkResult(c, len(arrays["images"]), nbytes, seconds, threads_in_use(), time.process_time() - cpu)
 
 
 def init_pool(job: Job) -> None:
