@@ -9,7 +9,9 @@ exactly :class:`Registration`'s pose.
 Schedule: detector pixels binned by integer factors (coarse to fine: the DRR's intrinsics become
 K⁻¹ · diag(f, f, 1), the X-ray is average-pooled f × f, so each coarse pixel is the mean of the fine
 pixels it covers), Adam on (ω, t), the learning rate halved when the loss stops improving
-(``patience`` iterations) and a level left after ``decays`` halvings or ``max_iterations``.
+(``patience`` iterations) and a level left at its ``decays``-th plateau or after ``max_iterations``;
+the next, finer level goes on at half the learning rate the coarser one ended with (its steps are
+finer; restarting at the full rate undid the coarse fit and cost 3× the iterations on the chest CT).
 Multiple starts run the coarsest level briefly from each start and keep the best.
 
 Similarity (maximised): the mean of a global NCC, a patch NCC and a gradient NCC (Sobel), each weighted
@@ -45,8 +47,9 @@ class RegistrationResult:
         loss: final loss (1 − similarity) at the finest level; ``initial_loss`` the same at the start.
         iterations: optimiser steps in all; ``render_equivalents``: forward + backward renders counted
             in units of one full-resolution render of all views.
-        seconds: wall time; ``history``: one dict per step (level factor, loss, learning-rate scale).
-        stop_reason: "converged" (the learning rate decayed ``decays`` times at the finest level) or
+        seconds: wall time; ``history``: one dict per step (level ``factor``, ``loss``, ``lr_scale``,
+            ``seconds`` since the start, and the ``correction`` W evaluated at that step, ``[4, 4]`` on the CPU).
+        stop_reason: "converged" (the loss plateaued ``decays`` times at the finest level) or
             "max_iterations".
     """
 
@@ -85,8 +88,8 @@ def register(
     factors: Sequence[int] | None = None,
     lr: tuple[float, float] = (0.02, 2.0),
     max_iterations: int = 100,
-    patience: int = 10,
-    decays: int = 3,
+    patience: int = 5,
+    decays: int = 2,
     starts: int | torch.Tensor = 1,
     start_spread: tuple[float, float] = (10.0, 15.0),
     start_iterations: int = 25,
@@ -188,12 +191,14 @@ def register(
     counters = {"iterations": 0, "renders": 0.0}
     budget = len(levels) * max_iterations + (len(inits) - 1) * start_iterations
 
-    def run(f: int, rot0, xyz0, iterations: int, stop_on_plateau: bool):
+    def run(f: int, rot0, xyz0, iterations: int, stop_on_plateau: bool, scale0: float = 1.0):
         rot = torch.nn.Parameter(rot0.clone())
         xyz = torch.nn.Parameter(xyz0.clone())
-        opt = torch.optim.Adam([{"params": [rot], "lr": lr_rot}, {"params": [xyz], "lr": lr_xyz}])
+        opt = torch.optim.Adam(
+            [{"params": [rot], "lr": lr_rot * scale0}, {"params": [xyz], "lr": lr_xyz * scale0}]
+        )
         best = (math.inf, rot0.clone(), xyz0.clone())
-        stale, scale, decayed, reason = 0, 1.0, 0, "max_iterations"
+        stale, scale, decayed, reason = 0, scale0, 0, "max_iterations"
         h, wd = pooled[f][0].shape[-2:]
         for _ in range(iterations):
             opt.zero_grad()
@@ -202,7 +207,15 @@ def register(
             value = float(loss.detach())
             counters["iterations"] += 1
             counters["renders"] += h * wd / full
-            history.append({"factor": f, "loss": value, "lr_scale": scale})
+            history.append(
+                {
+                    "factor": f,
+                    "loss": value,
+                    "lr_scale": scale,
+                    "seconds": time.perf_counter() - t0,
+                    "correction": correction(rot.detach(), xyz.detach()).cpu(),
+                }
+            )
             if value < best[0] - 1e-5:
                 best, stale = (value, rot.detach().clone(), xyz.detach().clone()), 0
             else:
@@ -213,13 +226,14 @@ def register(
                 decayed += 1
                 if decayed >= decays:
                     reason = "converged"
+                    scale *= 0.5
                     break
                 scale *= 0.5
                 for group in opt.param_groups:
                     group["lr"] *= 0.5
                 stale = 0
             opt.step()
-        return best, reason
+        return best, reason, scale
 
     with torch.no_grad():
         zero = torch.zeros(3, dtype=dtype, device=device)
@@ -230,8 +244,9 @@ def register(
     else:
         rot, xyz = inits[0]
     reason = "max_iterations"
+    scale = 1.0  # each level starts at the learning rate the coarser one ended with
     for f in levels:
-        (_, rot, xyz), reason = run(f, rot, xyz, max_iterations, True)
+        (_, rot, xyz), reason, scale = run(f, rot, xyz, max_iterations, True, scale)
     with torch.no_grad():
         W = correction(rot, xyz)
         final = float(loss_at(levels[-1], rot, xyz))
