@@ -21,6 +21,7 @@ from slicer import (
     vtkMRMLModelNode,
     vtkMRMLScalarVolumeNode,
     vtkMRMLSegmentationNode,
+    vtkMRMLVectorVolumeNode,
 )
 from slicer.i18n import tr as _
 from slicer.i18n import translate
@@ -30,7 +31,7 @@ from slicer.util import VTKObservationMixin
 
 #: Parameter-node fields that no widget binds through the ``SlicerParameterName`` property; the widget keeps
 #: them in sync by hand (preset combo filled from NanoDRRLib, segment table selection, the geometry model).
-UNBOUND_PARAMETERS = ("detectorPreset", "segmentIds", "geometryModel")
+UNBOUND_PARAMETERS = ("detectorPreset", "segmentIds", "geometryModel", "overlayVolume")
 
 #: Name shown in the preset combo box when the detector matches no preset.
 CUSTOM_PRESET = "Custom"
@@ -78,7 +79,11 @@ LIVE_KEYS = (
     "live",
     *DETECTOR_KEYS,
 )
-WATCHED_KEYS = (*POSE_KEYS, *LIVE_KEYS, "showGeometry", "segmentation")
+OVERLAY_KEYS = ("xrayVolume", "showOverlay", "overlayMode", "overlayBlend")
+WATCHED_KEYS = (*POSE_KEYS, *LIVE_KEYS, *OVERLAY_KEYS, "showGeometry", "segmentation")
+
+#: File dialog filter of "Load X-ray…" (what nanodrr_engine.data.xray.read_xray reads).
+XRAY_FILE_FILTER = "X-ray images (*.dcm *.DCM *.dicom *.png *.tif *.tiff *.nrrd *.nhdr);;All files (*)"
 
 
 class RenderCancelled(Exception):
@@ -154,6 +159,9 @@ class NanoDRRParameterNode:
     outputVolume - the DRR. renderSegments - also render one DRR per segment.
     live - re-render whenever the C-arm moves. showGeometry - show source, beam and detector in 3D;
     geometryModel - the model node that shows them.
+    xrayVolume - the X-ray to register (a radiograph or a DRR of the detector's size).
+    showOverlay - show the DRR over the X-ray; overlayMode - "blend", "edges" (the DRR's edges in green)
+    or "checkerboard"; overlayBlend - the DRR's weight in "blend"; overlayVolume - the RGB overlay node.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode | None
@@ -181,6 +189,11 @@ class NanoDRRParameterNode:
     live: bool = False
     showGeometry: bool = True
     geometryModel: vtkMRMLModelNode | None
+    xrayVolume: vtkMRMLScalarVolumeNode | None
+    showOverlay: bool = False
+    overlayMode: Annotated[str, Choice(["blend", "edges", "checkerboard"])] = "blend"
+    overlayBlend: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+    overlayVolume: vtkMRMLVectorVolumeNode | None
 
 
 #
@@ -231,6 +244,10 @@ class NanoDRRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.createCArmButton.connect("clicked(bool)", self.onCreateCArmButton)
         self.ui.renderButton.connect("clicked(bool)", self.onRenderButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.loadXrayButton.connect("clicked(bool)", self.onLoadXrayButton)
+        self.ui.initializeFromXrayButton.connect("clicked(bool)", self.onInitializeFromXrayButton)
+        self.ui.registerButton.connect("clicked(bool)", self.onRegisterButton)
+        self.ui.undoRegistrationButton.connect("clicked(bool)", self.onUndoRegistrationButton)
         self.ui.progressBar.hide()
         self.ui.cancelButton.hide()
 
@@ -342,6 +359,8 @@ class NanoDRRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._updateGeometryModel()
         if changed.intersection(LIVE_KEYS):
             self._updateLive()
+        if changed.intersection(OVERLAY_KEYS):
+            self._updateOverlay()
         self._updateButtonStates()
 
     def _updateButtonStates(self) -> None:
@@ -350,6 +369,19 @@ class NanoDRRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.createCArmButton.enabled = hasVolume and not self._busy
         self.ui.renderButton.enabled = hasVolume and not self._busy
         self.ui.liveCheckBox.enabled = hasVolume and not self._busy
+        hasXray = bool(p and p.xrayVolume)
+        self.ui.registerButton.enabled = hasVolume and hasXray and not self._busy
+        self.ui.initializeFromXrayButton.enabled = (
+            hasVolume and hasXray and not self._busy and bool(p.xrayVolume.GetAttribute("NanoDRR.sourceFile"))
+        )
+        self.ui.undoRegistrationButton.enabled = (
+            bool(p and p.carmTransform)
+            and not self._busy
+            and bool(p.carmTransform.GetAttribute("NanoDRR.Registration.previousRtInv"))
+        )
+        self.ui.loadXrayButton.enabled = not self._busy
+        for widget in (self.ui.overlayModeComboBox, self.ui.overlayBlendSliderWidget):
+            widget.enabled = bool(p and p.showOverlay)
         # Joseph ignores the samples per ray (on an explicit GPU device the ray march runs instead);
         # no device resolution here: that would import torch, which may not be installed yet.
         usesSamples = bool(p) and (p.sampling is SamplingMethod.RAYMARCH or p.device in ("cuda", "mps"))
@@ -454,6 +486,68 @@ class NanoDRRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             result = self._runCancellable(lambda progress: self.logic.renderFromParameters(p, progress))
             if result is not None:
                 self.logic.showDRR(p.outputVolume, switchLayout=True, showIn3D=p.showGeometry)
+                self._updateOverlay()
+
+    def onLoadXrayButton(self) -> None:
+        path = qt.QFileDialog.getOpenFileName(
+            slicer.util.mainWindow(), _("Load X-ray"), "", _(XRAY_FILE_FILTER)
+        )
+        if not path:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to load the X-ray."), waitCursor=True):
+            self.logic.ensureDependencies()
+            self.logic.loadXrayFromParameters(self._parameterNode, path)
+
+    def onInitializeFromXrayButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to initialize from the X-ray."), waitCursor=True):
+            self.logic.ensureDependencies()
+            self.logic.initializeFromXrayParameters(self._parameterNode)
+
+    def onRegisterButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Registration failed."), waitCursor=True):
+            self.logic.ensureDependencies()
+            p = self._parameterNode
+            if not p.carmTransform:
+                self.logic.createCArmFromParameters(p)
+            result = self._runCancellable(lambda progress: self.logic.registerFromParameters(p, progress))
+            if result is None:
+                return
+            self.ui.similarityLabel.text = _(
+                "{before:.3f} → {after:.3f} ({iterations} steps, {seconds:.1f} s)"
+            ).format(
+                before=result["similarityBefore"],
+                after=result["similarityAfter"],
+                iterations=result["iterations"],
+                seconds=result["seconds"],
+            )
+            self._syncPoseFromCArm()
+            self._runCancellable(lambda progress: self.logic.renderFromParameters(p, progress))
+            self.logic.showDRR(p.outputVolume, switchLayout=True, showIn3D=p.showGeometry)
+            if not p.showOverlay:
+                p.showOverlay = True  # show the fit
+            self._updateOverlay()
+
+    def onUndoRegistrationButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to undo the registration."), waitCursor=True):
+            p = self._parameterNode
+            self.logic.undoRegistration(p.carmTransform)
+            self._syncPoseFromCArm()
+            self.ui.similarityLabel.text = ""
+            if not p.live:
+                self._runCancellable(lambda progress: self.logic.renderFromParameters(p, progress))
+            self._updateOverlay()
+        self._updateButtonStates()
+
+    def _updateOverlay(self) -> None:
+        """Show the DRR over the X-ray in the Red view (or the DRR alone when the overlay is off)."""
+        p = self._parameterNode
+        if p is None or self._busy:
+            return
+        with self._displayErrors(_("Failed to overlay the DRR on the X-ray.")):
+            node = self.logic.updateOverlayFromParameters(p)
+            shown = node if node is not None else p.outputVolume
+            if shown is not None:
+                self.logic.showDRR(shown, switchLayout=False, showIn3D=p.showGeometry)
 
     def onCancelButton(self) -> None:
         self._cancelRequested = True
@@ -543,7 +637,10 @@ class NanoDRRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._liveErrorShown = False
         p = self._parameterNode
         if p and p.outputVolume:
-            self.logic.showDRR(p.outputVolume, switchLayout=False, showIn3D=p.showGeometry)
+            if p.showOverlay and p.xrayVolume:
+                self._updateOverlay()  # the overlay follows the C-arm while it is dragged
+            else:
+                self.logic.showDRR(p.outputVolume, switchLayout=False, showIn3D=p.showGeometry)
         if self._live is not None and self._live.isPreview:
             self._finalizeTimer.start()  # full resolution once the C-arm has been still for a moment
 
@@ -867,6 +964,72 @@ class NanoDRRLogic(ScriptedLoadableModuleLogic, NanoDRRLib.NanoDRRLogic):
             if node.GetNodeReferenceID("NanoDRR.SegmentDRROf") == drrNode.GetID()
         }
 
+    #
+    # Registration
+    #
+
+    def loadXrayFromParameters(self, p, path):
+        """Read an X-ray file into a new node, select it; its DICOM tags set the detector and the C-arm."""
+        node, geometry, carm = self.loadXray(slicer.mrmlScene, path, p.inputVolume)
+        with slicer.util.NodeModify(p):
+            p.xrayVolume = node
+            if geometry is not None:
+                self.setDetectorParameters(p, geometry)
+            if carm is not None:
+                self.enableCArmInteraction(carm, p.inputVolume)
+                p.carmTransform = carm
+        return node
+
+    def initializeFromXrayParameters(self, p) -> None:
+        """Detector and C-arm pose from the selected X-ray's DICOM tags (the C-arm is created if needed)."""
+        if not p.inputVolume:
+            raise NanoDRRLib.NanoDRRError("Select a CT volume first.")
+        if not p.xrayVolume:
+            raise NanoDRRLib.NanoDRRError("Select the X-ray to initialize from.")
+        carm = p.carmTransform or self.createCArmFromParameters(p)
+        geometry, (primary, secondary, sod) = self.initializeFromXray(p.xrayVolume, p.inputVolume, carm)
+        with slicer.util.NodeModify(p):
+            self.setDetectorParameters(p, geometry)
+            p.primaryAngle, p.secondaryAngle, p.sod = primary, secondary, sod
+
+    @staticmethod
+    def setDetectorParameters(p, geometry) -> None:
+        p.rows, p.columns = int(geometry.height), int(geometry.width)
+        p.delx, p.dely, p.sdd = float(geometry.delx), float(geometry.dely), float(geometry.sdd)
+        p.x0, p.y0 = float(geometry.x0), float(geometry.y0)
+
+    def registerFromParameters(self, p, progressCallback=None) -> dict:
+        """Register the selected X-ray: moves the C-arm (undoable); see NanoDRRLib.registerCArm."""
+        if not (p.inputVolume and p.carmTransform and p.xrayVolume):
+            raise NanoDRRLib.NanoDRRError("Registration needs a CT volume, a C-arm and an X-ray.")
+        method = self.methodFromParameters(p)
+        return self.registerCArm(
+            p.inputVolume,
+            p.carmTransform,
+            p.xrayVolume,
+            self.geometryFromParameters(p),
+            device=self.deviceFromParameters(p),
+            method=method,
+            nSamples=p.quality,
+            progressCallback=progressCallback,
+        )
+
+    def updateOverlayFromParameters(self, p):
+        """Write the DRR-over-X-ray node when the overlay is on (None otherwise or without a DRR)."""
+        if not (p.showOverlay and p.xrayVolume and p.outputVolume and p.outputVolume.GetImageData()):
+            return None
+        node = self.updateOverlay(
+            p.outputVolume,
+            p.xrayVolume,
+            self.geometryFromParameters(p),
+            mode=p.overlayMode,
+            blend=p.overlayBlend,
+            overlayNode=p.overlayVolume,
+        )
+        if p.overlayVolume is not node:
+            p.overlayVolume = node
+        return node
+
     def createLiveRenderer(self, p, schedule, onRendered=None, onError=None):
         """A NanoDRRLib.LiveRenderController for the parameter node's inputs (not started)."""
         if not (p.inputVolume and p.carmTransform):
@@ -1000,7 +1163,11 @@ class NanoDRRTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_NanoDRR_segments()
         self.setUp()
+        self.test_NanoDRR_registration()
+        self.setUp()
         self.test_NanoDRR_widget()
+        self.setUp()
+        self.test_NanoDRR_widget_registration()
 
     #
     # Helpers
@@ -1246,6 +1413,45 @@ class NanoDRRTest(ScriptedLoadableModuleTest):
         self.assertLess(float(rendered[exact == 0.0].max(initial=0.0)), 0.02 * float(rendered.max()))
         self.delayDisplay("Test passed")
 
+    def test_NanoDRR_registration(self):
+        """Parameter-node path: a DRR at 20° LAO as the X-ray, start 24° LAO, register, overlay, undo."""
+        self.delayDisplay("Registration")
+        import numpy as np
+
+        volumeNode, _labels, _phantom = self._phantomVolume()
+        logic = self._logic()
+        p = logic.getParameterNode()
+        p.inputVolume = volumeNode
+        p.rows, p.columns, p.delx, p.dely = self.HEIGHT, self.WIDTH, self.SPACING, self.SPACING
+        p.device, p.primaryAngle, p.secondaryAngle = "cpu", 20.0, 0.0
+        carm = logic.createCArmFromParameters(p)
+        truth = slicer.util.arrayFromTransformMatrix(carm, toWorld=True).copy()
+        logic.renderFromParameters(p)
+        xray = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "X-ray")
+        xray.Copy(p.outputVolume)  # its NanoDRR.* attributes say line integrals, seen from the source
+        xray.SetName("X-ray")
+        slicer.util.updateVolumeFromArray(xray, slicer.util.arrayFromVolume(p.outputVolume).copy())
+        xrayPixels = slicer.util.arrayFromVolume(xray).copy()
+        p.xrayVolume = xray
+        logic.setCArmAngles(carm, volumeNode, primary=24.0, secondary=0.0, sod=p.sod)
+        start = slicer.util.arrayFromTransformMatrix(carm, toWorld=True).copy()
+        result = logic.registerFromParameters(p)
+        self.assertGreater(result["similarityAfter"], result["similarityBefore"])
+        primary, secondary, _sod = logic.getCArmAngles(carm, volumeNode)
+        self.assertAlmostEqual(primary, 20.0, delta=0.5)
+        self.assertAlmostEqual(secondary, 0.0, delta=0.5)
+        registered = slicer.util.arrayFromTransformMatrix(carm, toWorld=True)
+        self.assertLess(float(np.abs(registered[:3, 3] - truth[:3, 3]).max()), 10.0)  # source within 1 cm
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(xray), xrayPixels)  # X-ray untouched
+        logic.renderFromParameters(p)
+        p.showOverlay = True
+        overlay = logic.updateOverlayFromParameters(p)
+        self.assertIs(overlay, p.overlayVolume)
+        self.assertEqual(slicer.util.arrayFromVolume(overlay).shape, (1, self.HEIGHT, self.WIDTH, 3))
+        logic.undoRegistration(carm)
+        np.testing.assert_allclose(slicer.util.arrayFromTransformMatrix(carm, toWorld=True), start, atol=1e-9)
+        self.delayDisplay("Test passed")
+
     def test_NanoDRR_widget(self):
         """The GUI path: parameter node -> create C-arm -> Render -> slider move -> live preview."""
         if slicer.app.commandOptions().noMainWindow:
@@ -1284,4 +1490,35 @@ class NanoDRRTest(ScriptedLoadableModuleTest):
         self.assertGreater(widget._live.renderCount, count)
         p.live = False
         self.assertIsNone(widget._live)
+        self.delayDisplay("Test passed")
+
+    def test_NanoDRR_widget_registration(self):
+        """Registration section: a DRR at 20° LAO as the X-ray, the C-arm moved to 24°, Register, Undo."""
+        if slicer.app.commandOptions().noMainWindow:
+            self.skipTest("needs the main window")
+        self.delayDisplay("Registration GUI")
+        volumeNode, _labels, _phantom = self._phantomVolume()
+        slicer.util.selectModule("NanoDRR")
+        widget = slicer.util.getModuleWidget("NanoDRR")
+        p = widget.logic.getParameterNode()
+        p.inputVolume = volumeNode
+        p.rows, p.columns, p.delx, p.dely = self.HEIGHT, self.WIDTH, self.SPACING, self.SPACING
+        p.device, p.primaryAngle = "cpu", 20.0
+        widget.onCreateCArmButton()
+        widget.onRenderButton()
+        xray = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "X-ray")
+        xray.Copy(p.outputVolume)  # the DRR node's attributes say line integrals, seen from the source
+        xray.SetName("X-ray")
+        slicer.util.updateVolumeFromArray(xray, slicer.util.arrayFromVolume(p.outputVolume).copy())
+        p.xrayVolume = xray
+        p.primaryAngle = 24.0
+        self.assertTrue(widget.ui.registerButton.enabled)
+        widget.onRegisterButton()
+        self.assertAlmostEqual(p.primaryAngle, 20.0, delta=0.5)
+        self.assertIn("→", widget.ui.similarityLabel.text)
+        self.assertTrue(p.showOverlay)
+        self.assertIsNotNone(p.overlayVolume)
+        self.assertEqual(slicer.util.arrayFromVolume(p.overlayVolume).shape, (1, self.HEIGHT, self.WIDTH, 3))
+        widget.onUndoRegistrationButton()
+        self.assertAlmostEqual(p.primaryAngle, 24.0, places=4)
         self.delayDisplay("Test passed")

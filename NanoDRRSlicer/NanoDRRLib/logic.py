@@ -186,6 +186,10 @@ class NanoDRRLogic:
         """X-ray file → ``(volume node, CArmGeometry or None, C-arm node or None)`` from its tags."""
         return _registration.loadXray(scene, path, volumeNode, **geometry)
 
+    def initializeFromXray(self, xrayNode, volumeNode, carmNode) -> tuple:
+        """Move ``carmNode`` to the pose in ``xrayNode``'s DICOM tags: ``(geometry, (primary, secondary, sod))``."""
+        return _registration.initializeFromXray(xrayNode, volumeNode, carmNode)
+
     def updateOverlay(self, drrNode, xrayNode, geometry: CArmGeometry, mode="blend", blend=0.5, **kw):
         """The DRR over the X-ray as an RGB node on the detector plane (see :mod:`NanoDRRLib.overlay`)."""
         return _overlay.updateOverlayNode(drrNode, xrayNode, geometry, mode, blend, **kw)

@@ -136,6 +136,7 @@ def registerCArm(
         raise
     except (ValueError, TypeError) as e:
         raise NanoDRRError(f"registration: {e}") from e
+    report(1.0, "Registered: moving the C-arm")  # a scene stage again (see NanoDRRLib.workflow.renderStage)
     pose = result.rt_inv[0].cpu().numpy()
     previous = req.pose
     _carm.setToWorld(carmNode, pose)
@@ -210,3 +211,57 @@ def loadXray(scene, path, volumeNode=None, name: str | None = None, **geometry) 
     node.SetAttribute(ATTRIBUTE_PREFIX + "sourceFile", str(path))
     node.CreateDefaultDisplayNodes()
     return node, det, carmNode
+
+
+def initializeFromXray(xrayNode, volumeNode, carmNode) -> tuple[CArmGeometry, tuple[float, float, float]]:
+    """Move ``carmNode`` to the pose in the DICOM tags of the file ``xrayNode`` was loaded from.
+
+    Returns ``(detector geometry, (primary, secondary, sod))`` from the tags. Refuses, before moving
+    anything, an X-ray not loaded from a file, a file that is gone or changed size, or one whose tags
+    lack the distances, the pixel spacing or the positioner angles.
+    """
+    from nanodrr_engine.data.xray import read_xray
+
+    if not hasattr(xrayNode, "IsA") or not xrayNode.IsA("vtkMRMLScalarVolumeNode"):
+        raise NanoDRRError("xrayNode: expected a scalar volume node loaded from an X-ray file")
+    _carm.checkLinearTransformNode(carmNode)
+    center = _carm.isocenter(volumeNode)
+    path = xrayNode.GetAttribute(ATTRIBUTE_PREFIX + "sourceFile")
+    if not path:
+        raise NanoDRRError(
+            f"xrayNode {nodeLabel(xrayNode)}: was not loaded from an X-ray file (Load X-ray… reads one)"
+        )
+    try:
+        xray = read_xray(path)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        raise NanoDRRError(f"xrayNode {nodeLabel(xrayNode)}: {e}") from e
+    missing = [
+        tag
+        for tag, value in (
+            ("DistanceSourceToDetector", xray.sdd),
+            ("DistanceSourceToPatient", xray.sod),
+            ("ImagerPixelSpacing or PixelSpacing", xray.delx),
+            ("PositionerPrimaryAngle", xray.primary),
+            ("PositionerSecondaryAngle", xray.secondary),
+        )
+        if value is None
+    ]
+    if missing:
+        raise NanoDRRError(
+            f"xrayNode {nodeLabel(xrayNode)}: {path} has no {', '.join(missing)}; "
+            "set the detector and the C-arm by hand"
+        )
+    dims = xrayNode.GetImageData().GetDimensions() if xrayNode.GetImageData() is not None else None
+    if dims is None or (dims[1], dims[0]) != (xray.height, xray.width):
+        raise NanoDRRError(
+            f"xrayNode {nodeLabel(xrayNode)}: its pixels no longer match {path} ({xray.height}×{xray.width})"
+        )
+    geometry = CArmGeometry(
+        sdd=xray.sdd, height=xray.height, width=xray.width, delx=xray.delx, dely=xray.dely
+    ).checked()
+    try:
+        pose = _carm.poseFromAngles(xray.primary, xray.secondary, xray.sod, center)
+    except ValueError as e:
+        raise NanoDRRError(f"xrayNode {nodeLabel(xrayNode)}: {e}") from e
+    _carm.setToWorld(carmNode, pose)
+    return geometry, (float(xray.primary), float(xray.secondary), float(xray.sod))

@@ -133,6 +133,21 @@ def test_load_dicom_xray_places_it_and_creates_the_carm(scene, logic, chest, tmp
     with pytest.raises(NanoDRRError, match="no such X-ray file"):
         logic.loadXray(scene, tmp_path / "missing.dcm", volumeNode)
 
+    # "Initialize from DICOM": the tags put another C-arm at the pose the first one was rendered from
+    other = _moved(logic, scene, volumeNode, -20.0, 10.0)
+    det2, (primary, secondary, sod) = logic.initializeFromXray(node, volumeNode, other)
+    assert det2 == GEOMETRY and (primary, secondary, sod) == (15.0, 5.0, 850.0)
+    np.testing.assert_allclose(poseOf(other), poseOf(carm), atol=1e-9)
+    # a node not loaded from a file, and a file whose tags lack the angles: refused, C-arm unmoved
+    before = poseOf(other)
+    with pytest.raises(NanoDRRError, match="was not loaded from an X-ray file"):
+        logic.initializeFromXray(drr, volumeNode, other)
+    del ds.PositionerPrimaryAngle
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(NanoDRRError, match="has no PositionerPrimaryAngle"):
+        logic.initializeFromXray(node, volumeNode, other)
+    np.testing.assert_array_equal(poseOf(other), before)
+
 
 def test_carm_to_rt_inv_is_the_logics_pose(scene, logic, chest):
     volumeNode, _ = chest
