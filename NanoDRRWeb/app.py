@@ -24,7 +24,7 @@ from trame_slicer.core import SlicerApp
 from . import data, ui
 from .binding import StateBinding, drrInfo
 from .gate import runGated
-from .uploads import DEFAULT_MAX_UPLOAD_MB, UploadFolder, checkUpload
+from .uploads import DEFAULT_MAX_UPLOAD_MB, XRAY_EXTENSIONS, UploadFolder, checkUpload
 from .viewer import Viewer
 
 _log = logging.getLogger("NanoDRRWeb")
@@ -71,6 +71,10 @@ class NanoDRRWebApp:
         ctrl.cancel = self.workflow.cancel
         ctrl.upload_ct = self.uploadCT
         ctrl.upload_seg = self.uploadSeg
+        ctrl.upload_xray = self.uploadXray
+        ctrl.xray_from_drr = self.xrayFromDrr
+        ctrl.register = self.register
+        ctrl.undo_registration = self.undoRegistration
         ctrl.reset_views = self.viewer.resetViews
         ctrl.clear_error = self.binding.clearError
         ctrl.on_server_bind.add(self._addRoutes)
@@ -139,6 +143,62 @@ class NanoDRRWebApp:
             return
         try:
             await runGated(lambda progress: self.workflow.render(progress))
+        except Exception as e:
+            self.binding.showError(e)
+
+    # --- registration ------------------------------------------------------------------------
+
+    async def uploadXray(self, files) -> None:
+        """An X-ray from the browser: checked, read (DICOM tags set the detector and the C-arm), selected."""
+        self.binding.clearError()
+        try:
+            if self.workflow.busy:
+                raise NanoDRRError("xray: wait for the render to finish")
+            if isinstance(files, list):
+                if len(files) != 1:
+                    raise NanoDRRError(f"xray: choose one file (got {len(files)})")
+                files = files[0]
+            name, content = checkUpload(files, "xray", self.maxUploadBytes, XRAY_EXTENSIONS)
+            self.workflow.loadXray(self.uploads.write(name, content))
+            if not self.workflow.live:
+                await runGated(lambda progress: self.workflow.render(progress))
+        except Exception as e:
+            self.binding.showError(e)
+
+    def xrayFromDrr(self) -> None:
+        self._act(self.workflow.xrayFromDrr)
+
+    async def register(self) -> None:
+        """Register the X-ray on a worker thread (progress and Cancel stay live), then render the result."""
+        self.binding.clearError()
+        w = self.workflow
+        try:
+            if w.busy:
+                raise NanoDRRError("registration: a render is already running")
+            wasLive = w.live
+            if wasLive:
+                w.setLive(False)  # no live render may touch the scene while the registration holds it
+            try:
+                result = await runGated(lambda progress: w.register(progress=progress))
+            finally:
+                if wasLive:
+                    w.setLive(True)
+            if result is not None:
+                if not w.overlay["show"]:
+                    w.setOverlay(show=True)  # show the fit
+                if not wasLive:
+                    await runGated(lambda progress: w.render(progress))
+        except Exception as e:
+            self.binding.showError(e)
+
+    async def undoRegistration(self) -> None:
+        self.binding.clearError()
+        try:
+            if self.workflow.busy:
+                raise NanoDRRError("undo: wait for the render to finish")
+            self.workflow.undoRegistration()
+            if not self.workflow.live:
+                await runGated(lambda progress: self.workflow.render(progress))
         except Exception as e:
             self.binding.showError(e)
 

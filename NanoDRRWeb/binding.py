@@ -58,7 +58,16 @@ DEFAULTS = {
     "render_segments": False, "segments": [], "segment_ids": [],
     "ct_name": "", "seg_name": "", "max_upload_mb": 0,
     "drr": {"count": 0},
+    "xray_name": "", "similarity": "", "can_undo": False,
+    "show_overlay": False, "overlay_mode": "blend", "overlay_blend": 0.5,
+    "overlay_modes": [
+        {"title": "Blend", "value": "blend"},
+        {"title": "DRR edges (green) on the X-ray", "value": "edges"},
+        {"title": "Checkerboard", "value": "checkerboard"},
+    ],
 }  # fmt: skip
+#: state key → NanoDRRWorkflow.setOverlay argument
+OVERLAY_KEYS = {"show_overlay": "show", "overlay_mode": "mode", "overlay_blend": "blend"}
 
 _log = logging.getLogger("NanoDRRWeb")
 
@@ -92,7 +101,17 @@ def drrInfo(workflow: NanoDRRWorkflow) -> dict:
         "method": attrs.get("method"), "displayMode": attrs.get("displayMode"),
         "muBone": attrs.get("muBone"), "nSamples": attrs.get("nSamples"),
         "min": float(a.min()), "max": float(a.max()), "mean": float(a.mean()),
+        "xray": workflow.xrayNode.GetName() if workflow.xrayNode is not None else None,
+        "registration": workflow.lastResult,
+        "overlayShown": shownNode(workflow) is workflow.overlayNode and workflow.overlayNode is not None,
     }  # fmt: skip
+
+
+def shownNode(workflow: NanoDRRWorkflow):
+    """What the slice view shows: the DRR over the X-ray when the overlay is on, else the DRR."""
+    if workflow.overlay["show"] and workflow.xrayNode is not None and workflow.overlayNode is not None:
+        return workflow.overlayNode
+    return workflow.outputNode
 
 
 class StateBinding:
@@ -119,6 +138,7 @@ class StateBinding:
         s.change("show_geometry")(self._onShowGeometry)
         s.change("render_segments")(self._onRenderSegments)
         s.change("segment_ids")(self._onSegmentIds)
+        s.change(*OVERLAY_KEYS)(self._onOverlay)
 
     # --- errors ------------------------------------------------------------------------------
 
@@ -222,6 +242,15 @@ class StateBinding:
             return
         self.guarded(lambda: self.workflow.setSegmentIds(list(segment_ids or [])), "segments")
 
+    def _onOverlay(self, **_) -> None:
+        values = {f: self.state[k] for k, f in OVERLAY_KEYS.items()}
+        current = self.workflow.overlay
+        if all(_same(values[f], current[f]) for f in values):
+            return
+        values["show"] = bool(values["show"])
+        values["blend"] = asNumber(values["blend"], "overlay_blend")
+        self.guarded(lambda: self.workflow.setOverlay(**values), "overlay")
+
     # --- workflow → page ---------------------------------------------------------------------
 
     def bindLoop(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -274,13 +303,32 @@ class StateBinding:
                     s.busy = w.busy
                     s.progress = round(100 * w.progress)
                     s.status = w.status
+                if dirty & {"xray", "overlay", "carm", "pose", "status"}:
+                    s.xray_name = w.xrayNode.GetName() if w.xrayNode is not None else ""
+                    s.can_undo = w.canUndoRegistration
+                    r = w.lastResult
+                    s.similarity = (
+                        f"{r['similarityBefore']:.3f} → {r['similarityAfter']:.3f} "
+                        f"({r['iterations']} steps, {r['seconds']:.1f} s)"
+                        if r
+                        else ""
+                    )
+                    for key, f in OVERLAY_KEYS.items():
+                        s[key] = w.overlay[f]
                 if "inputs" in dirty and self._onInputs is not None:
                     self._onInputs(w.volumeNode)
-                if dirty & {"drr", "carm"} and not w.busy:
+                if dirty & {"drr", "carm", "overlay", "xray"} and not w.busy:
+                    shown = None
+                    if "drr" in dirty and w.overlay["show"] and w.xrayNode is not None:
+                        try:
+                            w.updateOverlay()  # the overlay follows the DRR (live ones too)
+                        except NanoDRRError as e:  # e.g. a detector that no longer fits the X-ray
+                            self.showError(e)
+                            shown = w.outputNode
                     s.drr = drrInfo(w)
                     if self._onDrr is not None:
-                        self._onDrr(w.outputNode)
-                elif "drr" in dirty:
+                        self._onDrr(shown or shownNode(w))
+                elif dirty & {"drr", "overlay", "xray"}:
                     self._dirty.add("drr")  # shown once the render thread is done with the scene
         except Exception as e:  # a flush must never take the server down
             self.showError(e)

@@ -6,7 +6,7 @@ from trame.ui.vuetify3 import SinglePageWithDrawerLayout
 from trame.widgets import client, html
 from trame.widgets import vuetify3 as v3
 
-from .uploads import VOLUME_EXTENSIONS
+from .uploads import VOLUME_EXTENSIONS, XRAY_EXTENSIONS
 
 #: JS: send the chosen file to the server unless it is over the size limit (the server checks again).
 _UPLOAD = (
@@ -126,5 +126,30 @@ def build(server, viewer) -> None:
                                            classes="mt-2")  # fmt: skip
                         html.Div("DRR #{{ drr.count }}: {{ drr.width }} × {{ drr.height }}", id="drr-info",
                                  classes="text-caption mt-1", v_if=("drr.width",))  # fmt: skip
+                with v3.VCard(title="Registration", density="compact", classes="mb-2"):
+                    with v3.VCardText():
+                        html.Div("X-ray: {{ xray_name || 'none' }}", id="xray-name", classes="mb-1")
+                        html.Label(f"Upload ({', '.join(XRAY_EXTENSIONS)}) ", classes="text-caption")
+                        html.Input(
+                            type="file", accept=",".join(XRAY_EXTENSIONS), id="upload-xray", disabled=("busy",),
+                            change=_UPLOAD.format(role="xray", trigger=ctrl.trigger_name(ctrl.upload_xray)),
+                        )  # fmt: skip
+                        with html.Div(classes="d-flex ga-2 mt-2 flex-wrap"):
+                            v3.VBtn("Use DRR as X-ray", click=ctrl.xray_from_drr, size="small", id="xray-from-drr",
+                                    disabled=("busy || !drr.width",))  # fmt: skip
+                            v3.VBtn("Register", click=ctrl.register, size="small", color="primary", id="register",
+                                    disabled=("busy || !xray_name",))  # fmt: skip
+                            v3.VBtn("Undo", click=ctrl.undo_registration, size="small", id="undo-registration",
+                                    disabled=("busy || !can_undo",))  # fmt: skip
+                        html.Div("Similarity: {{ similarity }}", id="similarity", classes="text-caption mt-1",
+                                 v_if=("similarity",))  # fmt: skip
+                        v3.VCheckbox(label="Overlay DRR on X-ray", v_model=("show_overlay",), density="compact",
+                                     hide_details=True, id="show-overlay", disabled=("!xray_name",))  # fmt: skip
+                        v3.VSelect(label="Overlay", v_model=("overlay_mode",), items=("overlay_modes",),
+                                   density="compact", hide_details=True, classes="mb-2", id="overlay-mode",
+                                   v_if=("show_overlay",))  # fmt: skip
+                        v3.VSlider(label="DRR weight", v_model=("overlay_blend",), min=0.0, max=1.0, step=0.05,
+                                   thumb_label=True, density="compact", hide_details=True, id="slider-overlay_blend",
+                                   v_if=("show_overlay && overlay_mode === 'blend'",))  # fmt: skip
         with layout.content:
             viewer.placeIn(layout)

@@ -15,6 +15,8 @@ from NanoDRRLib.errors import NanoDRRError
 
 #: Single-file volume formats (NRRD with a detached header, .mhd + .raw, DICOM series need several files).
 VOLUME_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha", ".seg.nrrd")
+#: X-ray files nanodrr_engine.data.xray.read_xray reads.
+XRAY_EXTENSIONS = (".dcm", ".dicom", ".png", ".tif", ".tiff", ".nrrd")
 DEFAULT_MAX_UPLOAD_MB = 512
 
 
@@ -23,7 +25,9 @@ def _safeName(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("._") or "upload"
 
 
-def checkUpload(file: dict | None, role: str, maxBytes: int) -> tuple[str, bytes]:
+def checkUpload(
+    file: dict | None, role: str, maxBytes: int, extensions: tuple[str, ...] = VOLUME_EXTENSIONS
+) -> tuple[str, bytes]:
     """``(safe file name, content)`` of a trame client file dict, or NanoDRRError naming ``role``."""
     if not isinstance(file, dict):
         raise NanoDRRError(f"{role}: no file received")
@@ -31,10 +35,9 @@ def checkUpload(file: dict | None, role: str, maxBytes: int) -> tuple[str, bytes
     if not isinstance(name, str) or not name:
         raise NanoDRRError(f"{role}: the upload has no file name")
     lower = name.lower()
-    if not lower.endswith(VOLUME_EXTENSIONS):
-        raise NanoDRRError(
-            f"{role}: {name!r} is not a single-file volume; expected one of {', '.join(VOLUME_EXTENSIONS)}"
-        )
+    if not lower.endswith(extensions):
+        kind = "a single-file volume" if extensions == VOLUME_EXTENSIONS else "a file of a known format"
+        raise NanoDRRError(f"{role}: {name!r} is not {kind}; expected one of {', '.join(extensions)}")
     declared = file.get("size")
     if isinstance(declared, (int, float)) and declared > maxBytes:
         raise NanoDRRError(

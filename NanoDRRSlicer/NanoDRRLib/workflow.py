@@ -46,7 +46,12 @@ from .output import DISPLAY_MODES
 from .segments import checkSegmentationNode
 
 #: What ``onChange`` listeners are told changed.
-CHANGES = ("inputs", "carm", "pose", "detector", "settings", "drr", "segments", "live", "busy", "status")
+CHANGES = (
+    "inputs", "carm", "pose", "detector", "settings", "drr", "segments", "live", "busy", "status", "xray",
+    "overlay",
+)  # fmt: skip
+#: How the DRR is shown over the X-ray (NanoDRRLib.overlay).
+OVERLAY_MODES = ("blend", "edges", "checkerboard")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 #: The pose a new or reset C-arm gets: frontal (AP), DICOM angles 0/0, 850 mm from the isocenter.
 DEFAULT_SOD = 850.0
@@ -95,13 +100,14 @@ class RenderSettings:
         return replace(self, nSamples=nSamples, boneContrast=boneContrast)
 
 
-#: Progress messages of ``NanoDRRLogic.render``/``renderSegments`` that start an engine pass (no MRML access).
-COMPUTE_MESSAGE_PREFIX = "Rendering"
+#: Progress messages of ``NanoDRRLogic.render``/``renderSegments`` and of a registration's steps that start
+#: or continue an engine pass (no MRML access).
+COMPUTE_MESSAGE_PREFIXES = ("Rendering", "Registering")
 
 
 def renderStage(message: str) -> str:
-    """ "compute" while the logic runs the engine (after a "Rendering…" report), else "scene"."""
-    return "compute" if isinstance(message, str) and message.startswith(COMPUTE_MESSAGE_PREFIX) else "scene"
+    """ "compute" while the logic runs the engine (after a "Rendering…"/"Registering…" report), else "scene"."""
+    return "compute" if isinstance(message, str) and message.startswith(COMPUTE_MESSAGE_PREFIXES) else "scene"
 
 
 def checkPose(primary, secondary, sod) -> Pose:
@@ -142,7 +148,8 @@ class NanoDRRWorkflow:
     ``geometry`` (:class:`CArmGeometry`), ``settings`` (:class:`RenderSettings`), ``renderSegments``,
     ``showGeometry``, ``outputNode`` (the DRR), ``segmentOutputs`` ({segmentId: DRR node}), ``live``,
     ``busy``, ``progress`` (0…1), ``status`` (a line for the user), ``lastError``, ``lastResult``
-    (registration), ``renderCount`` (DRR updates, live ones included).
+    (registration), ``renderCount`` (DRR updates, live ones included), ``xrayNode`` (the X-ray to register),
+    ``overlay`` ({"show", "mode", "blend"}) and ``overlayNode`` (the DRR over the X-ray).
     """
 
     def __init__(
@@ -180,6 +187,9 @@ class NanoDRRWorkflow:
         self.lastError: NanoDRRError | None = None
         self.lastResult: dict | None = None
         self.renderCount = 0
+        self.xrayNode = None
+        self.overlay = {"show": False, "mode": "blend", "blend": 0.5}
+        self.overlayNode = None
         self._live: LiveRenderController | None = None
         self._liveWanted = False
         self._cancel = threading.Event()
@@ -622,9 +632,97 @@ class NanoDRRWorkflow:
 
     # --- registration ------------------------------------------------------------------------
 
-    def register(self, xrayNode, xrayGeometry: CArmGeometry, progress=None, **options) -> dict | None:
-        """Move the C-arm so that its DRR matches ``xrayNode`` (:meth:`NanoDRRLogic.registerCArm`); None if
-        cancelled (the C-arm then stays where it was)."""
+    def loadXray(self, path):
+        """Read an X-ray file and select it. A DICOM's tags set the detector and, with the positioner
+        angles, move the C-arm there; any other file sets the detector's size to the image's (its spacing
+        stays). Everything is read and checked before the session changes."""
+        node, geometry, _ = self.logic.loadXray(self.scene, path)
+        try:
+            dims = node.GetImageData().GetDimensions()
+            if geometry is not None:
+                values = {"sdd": geometry.sdd, "height": geometry.height, "width": geometry.width,
+                          "delx": geometry.delx, "dely": geometry.dely, "x0": 0.0, "y0": 0.0}  # fmt: skip
+            else:
+                values = {"height": int(dims[1]), "width": int(dims[0])}
+            replace(self.geometry, **values).checked(self.pose.sod)
+            if geometry is not None and self.volumeNode is not None and self.carmNode is not None:
+                try:
+                    self.logic.initializeFromXray(node, self.volumeNode, self.carmNode)
+                except NanoDRRError:
+                    pass  # no positioner angles: the C-arm stays where the user put it
+        except Exception:
+            self.scene.RemoveNode(node)
+            raise
+        self._setXray(node)
+        self.setDetector(**values)
+        if self.carmNode is not None:
+            self.syncPoseFromCArm()
+        self._setStatus(f"X-ray {node.GetName()}: {values.get('height')}×{values.get('width')} pixels.")
+        return node
+
+    def xrayFromDrr(self):
+        """Make the current DRR the X-ray to register (a copy: a target of known pose, to try registration)."""
+        if self.outputNode is None or self.outputNode.GetImageData() is None:
+            raise NanoDRRError("X-ray from DRR: render a DRR first")
+        import slicer
+
+        node = self.scene.AddNewNodeByClass(
+            "vtkMRMLScalarVolumeNode", self.scene.GenerateUniqueName(f"X-ray (DRR #{self.renderCount})")
+        )
+        node.CopyContent(self.outputNode)  # geometry and the NanoDRR.* attributes (line integrals or not)
+        for name in self.outputNode.GetAttributeNames() or ():
+            node.SetAttribute(name, self.outputNode.GetAttribute(name))
+        slicer.util.updateVolumeFromArray(node, slicer.util.arrayFromVolume(self.outputNode).copy())
+        node.CreateDefaultDisplayNodes()
+        self._setXray(node)
+        return node
+
+    def _setXray(self, node) -> None:
+        old = self.xrayNode
+        self.xrayNode = node
+        self.lastResult = None
+        if old is not None and old is not node and old.GetScene() is self.scene:
+            self.scene.RemoveNode(old)
+        self._changed("xray")
+        self.updateOverlay()
+
+    def setOverlay(self, show=None, mode=None, blend=None) -> None:
+        """Show the DRR over the X-ray (``mode`` one of :data:`OVERLAY_MODES`, ``blend`` the DRR's weight)."""
+        overlay = dict(self.overlay)
+        if show is not None:
+            if not isinstance(show, bool):
+                raise NanoDRRError(f"overlay: show must be True or False, got {show!r}")
+            overlay["show"] = show
+        if mode is not None:
+            if mode not in OVERLAY_MODES:
+                raise NanoDRRError(f"overlay: mode must be one of {OVERLAY_MODES}, got {mode!r}")
+            overlay["mode"] = mode
+        if blend is not None:
+            overlay["blend"] = checkNumber(blend, "overlay blend", minimum=0.0, maximum=1.0)
+        self.overlay = overlay
+        self.updateOverlay()
+
+    def updateOverlay(self):
+        """Write the overlay node from the current DRR and X-ray when it is shown; returns it (or None)."""
+        drr, xray = self.outputNode, self.xrayNode
+        if not (self.overlay["show"] and xray is not None and drr is not None and drr.GetImageData()):
+            self._changed("overlay")
+            return None
+        node = self.overlayNode if self.overlayNode is not None and self.overlayNode.GetScene() else None
+        self.overlayNode = self.logic.updateOverlay(
+            drr, xray, self.geometry, mode=self.overlay["mode"], blend=self.overlay["blend"], overlayNode=node
+        )
+        self._changed("overlay")
+        return self.overlayNode
+
+    def register(self, xrayNode=None, xrayGeometry: CArmGeometry | None = None, progress=None, **options):
+        """Move the C-arm so that its DRR matches ``xrayNode`` (default: the selected X-ray, with the
+        detector geometry) by :meth:`NanoDRRLogic.registerCArm`; returns its summary, or None if cancelled
+        (the C-arm then stays where it was)."""
+        xrayNode = xrayNode if xrayNode is not None else self.xrayNode
+        xrayGeometry = xrayGeometry if xrayGeometry is not None else self.geometry
+        if xrayNode is None:
+            raise NanoDRRError("registration: load or choose an X-ray first")
         if self.busy:
             raise NanoDRRError("registration: a render is already running")
         self._requireVolume("registration")
@@ -639,7 +737,9 @@ class NanoDRRWorkflow:
                 raise RenderCancelled()
             self.progress = float(fraction)
             if progress is not None:
-                progress(self.progress, message)
+                # the engine's steps ("level ×4: loss …") touch no node; the logic's own reports do
+                step = message.startswith("level")
+                progress(self.progress, f"Registering… {message}" if step else message)
 
         try:
             result = self.logic.registerCArm(
@@ -664,7 +764,15 @@ class NanoDRRWorkflow:
         if self.carmNode is None:
             raise NanoDRRError("undoRegistration: no C-arm")
         self.logic.undoRegistration(self.carmNode)
+        self.lastResult = None
         self.syncPoseFromCArm()
+        self._setStatus("Registration undone.")
+
+    @property
+    def canUndoRegistration(self) -> bool:
+        return self.carmNode is not None and bool(
+            self.carmNode.GetAttribute("NanoDRR.Registration.previousRtInv")
+        )
 
     # --- teardown ----------------------------------------------------------------------------
 
@@ -679,6 +787,7 @@ class NanoDRRWorkflow:
 __all__ = [
     "CHANGES",
     "DEFAULT_SOD",
+    "OVERLAY_MODES",
     "NanoDRRWorkflow",
     "Pose",
     "RenderCancelled",

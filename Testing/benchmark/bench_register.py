@@ -124,14 +124,14 @@ def run_ours(subject, points, case, size, realism, args) -> dict:
     k = make_k_inv(SDD, delta, delta, 0.0, 0.0, size, size, dtype=torch.float64)
     truth = carm_to_rt_inv(case["primary"], case["secondary"], SOD, subject.isocenter)[None].double()
     with torch.no_grad():
-        target = render(subject, k, truth, SDD, size, size, 800, method="raymarch")
+        target = render(subject, k, truth, SDD, size, size, 800, method="raymarch").cpu()
     mask = None
     if realism:
         target, mask = preprocess_xray(radiograph(target, case["noise_seed"]), encoding="intensity")
     start = perturb(truth, subject.isocenter, torch.as_tensor(case["rot"]), torch.as_tensor(case["xyz"]))
     before = float(target_registration_error(truth, start, points))
     result = register(subject, target, k, SDD, start, size, size, mask=mask, starts=args.starts)
-    after = float(target_registration_error(truth, result.rt_inv, points))
+    after = float(target_registration_error(truth, result.rt_inv.cpu(), points))
     reached = next(
         (h["seconds"] for h in result.history
          if float(target_registration_error(truth, h["correction"].to(start) @ start, points)) < 1.0),
@@ -223,6 +223,9 @@ def main(argv=None) -> int:
     p.add_argument("--nanodrr-iterations", type=int, default=150)
     p.add_argument("--nanodrr-seconds", type=float, default=240.0, help="cap per nanodrr case")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--device", default="cpu", help="where register runs (cpu, cuda, mps); nanodrr stays on the CPU"
+    )
     p.add_argument("--quick", action="store_true", help="128 only, 3 cases per tier, 1 nanodrr case")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
@@ -235,7 +238,7 @@ def main(argv=None) -> int:
     from nanodrr_engine import Subject
 
     torch.manual_seed(args.seed)
-    subject = Subject.from_filepath(str(args.ct))
+    subject = Subject.from_filepath(str(args.ct)).to(args.device)
     _ = subject.image
     points = bone_points(args.ct, 2000, args.seed)
     print(f"# bench_register: {platform.processor() or platform.machine()}, torch {torch.__version__}, "

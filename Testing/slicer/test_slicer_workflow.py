@@ -14,7 +14,7 @@ import slicer
 import vtk
 from NanoDRRLib import CArmGeometry, NanoDRRError
 from NanoDRRLib.workflow import NanoDRRWorkflow, Pose, RenderCancelled, renderStage
-from slicer_testutils import addSegmentation, drrArray, engineRender, poseOf, toArray
+from slicer_testutils import addSegmentation, addVolume, drrArray, engineRender, poseOf, toArray
 
 
 class Later:
@@ -298,3 +298,78 @@ def test_drr_in_a_slice_view_is_seen_from_the_detector(scene, workflow):
 
 def test_render_cancelled_exception_is_not_an_error():
     assert not issubclass(RenderCancelled, NanoDRRError)
+
+
+@pytest.fixture
+def chestWorkflow(scene, logic):
+    """The engine's analytic chest phantom (4 mm voxels) on a 64 × 64 detector of 6 mm pixels."""
+    from nanodrr_engine.data.phantom import make_chest_phantom
+
+    vol, _, v2w, _ = make_chest_phantom(spacing=(4.0, 4.0, 4.0))
+    w = NanoDRRWorkflow(scene, logic)
+    w.setInputs(addVolume(scene, np.asarray(vol, dtype=np.float32), v2w, name="chest"))
+    w.setDetector(sdd=1020.0, height=64, width=64, delx=6.0, dely=6.0)
+    yield w
+    w.close()
+
+
+def test_register_the_drr_of_a_known_pose_moves_the_carm_back(scene, chestWorkflow):
+    """Registration through the workflow: a DRR at 20° LAO as the X-ray, start at 24°; the C-arm moves
+    only in a "scene" stage, back to 20° (the pose the target was rendered at, not the registration's)."""
+    workflow = chestWorkflow
+    carm = workflow.createCArm()
+    workflow.setPose(primary=20.0, secondary=5.0)
+    truth = poseOf(carm)
+    workflow.render()
+    xray = workflow.xrayFromDrr()
+    pixels = drrArray(xray).copy()
+    assert xray is not workflow.outputNode and np.array_equal(pixels, drrArray(workflow.outputNode))
+    workflow.setPose(primary=24.0)
+    start = poseOf(carm)
+    events, moves = [], []
+    tag = carm.AddObserver(
+        slicer.vtkMRMLTransformNode.TransformModifiedEvent, lambda *a: moves.append(events[-1])
+    )
+    try:
+        result = workflow.register(progress=lambda f, m: events.append(renderStage(m)))
+    finally:
+        carm.RemoveObserver(tag)
+    assert "compute" in events and moves and set(moves) == {"scene"}
+    assert result["similarityAfter"] > result["similarityBefore"]
+    assert abs(workflow.pose.primary - 20.0) < 0.5 and abs(workflow.pose.secondary - 5.0) < 0.5
+    assert np.abs(poseOf(carm)[:3, 3] - truth[:3, 3]).max() < 10.0  # source within 1 cm (from ~60 mm)
+    np.testing.assert_array_equal(drrArray(xray), pixels)  # the X-ray is never modified
+    assert workflow.canUndoRegistration
+    workflow.render()
+    workflow.setOverlay(show=True, mode="checkerboard")
+    overlay = workflow.overlayNode
+    h, w = pixels.shape
+    assert overlay is not None and slicer.util.arrayFromVolume(overlay).shape == (1, h, w, 3)
+    with pytest.raises(NanoDRRError, match="overlay: mode"):
+        workflow.setOverlay(mode="sparkles")
+    workflow.undoRegistration()
+    np.testing.assert_allclose(poseOf(carm), start, atol=1e-9)
+    assert not workflow.canUndoRegistration
+
+
+def test_cancelled_or_refused_registration_leaves_the_carm(scene, chestWorkflow, tmp_path):
+    workflow = chestWorkflow
+    carm = workflow.createCArm()
+    with pytest.raises(NanoDRRError, match="load or choose an X-ray"):
+        workflow.register()
+    workflow.render()
+    workflow.xrayFromDrr()
+    workflow.setPose(primary=6.0)
+    before = poseOf(carm)
+
+    def cancelSoon(fraction, message):
+        if renderStage(message) == "compute":
+            workflow.cancel()
+
+    assert workflow.register(progress=cancelSoon) is None
+    np.testing.assert_array_equal(poseOf(carm), before)
+    assert not workflow.canUndoRegistration and not workflow.busy
+    nodes = scene.GetNumberOfNodes()
+    with pytest.raises(NanoDRRError, match="no such X-ray file"):
+        workflow.loadXray(tmp_path / "missing.dcm")
+    assert scene.GetNumberOfNodes() == nodes

@@ -237,3 +237,57 @@ def test_the_server_survives_a_closed_browser(server, browser):
     again = openApp(browser, server.url)
     assert drrCount(again) > 0
     again.close()
+
+
+def test_register_a_drr_of_a_known_pose_in_the_page(page, server):
+    """Registration section: the DRR at 20° LAO becomes the X-ray, the C-arm is moved to 24°, Register
+    brings it back to 20° (the pose the X-ray was rendered at), shows the overlay; Undo returns to 24°.
+    (The session's CT is whatever an earlier test left: the references are read from the server.)"""
+    page.locator("#reset-carm").click()
+    waitState(page, "s.get('primary') === 0")
+    page.evaluate("() => window.trame.state.set('primary', 20)")  # what the slider sends
+    waitState(page, "s.get('primary') === 20")
+    before = drrCount(page)
+    page.locator("#render").click()
+    waitState(page, f"s.get('drr').count > {before} && !s.get('busy')")
+    xrayImage, first = fetchDRR(server.url)
+    truth = np.asarray(first["rtInv"]).reshape(4, 4)  # the pose the X-ray is rendered at
+    page.locator("#xray-from-drr").click()
+    waitState(page, "s.get('xray_name') !== ''")
+    assert page.locator("#xray-name").inner_text().startswith("X-ray: X-ray (DRR")
+    page.evaluate("() => window.trame.state.set('primary', 24)")
+    waitState(page, "s.get('primary') === 24")
+    page.locator("#register").click()
+    waitState(page, "s.get('similarity') !== '' && !s.get('busy')", timeout=180)
+    assert abs(state(page, "primary") - 20.0) < 0.5 and abs(state(page, "secondary")) < 0.5
+    assert page.locator("#similarity").inner_text().startswith("Similarity: ")
+    waitState(page, "s.get('drr').overlayShown === true", timeout=60)
+    image, info = fetchDRR(server.url)
+    rt = np.asarray(info["rtInv"]).reshape(4, 4)
+    assert np.abs(rt[:3, 3] - truth[:3, 3]).max() < 10.0  # the source within 1 cm (from ~60 mm)
+    assert info["registration"]["similarityAfter"] > info["registration"]["similarityBefore"]
+    assert info["count"] > first["count"]  # re-rendered at the registered pose: it matches the X-ray
+    assert np.abs(image - xrayImage).mean() < 0.02 * np.abs(xrayImage).mean()
+    saveArtifact(page, "registered_overlay")
+    page.locator("#undo-registration").click()
+    waitState(page, "Math.abs(s.get('primary') - 24) < 1e-6 && !s.get('can_undo')", timeout=60)
+
+
+def test_bad_xray_upload_shows_an_error(page, server, tmp_path):
+    name = page.locator("#xray-name").inner_text()
+    wrong = tmp_path / "scan.jpg"
+    wrong.write_bytes(b"not an image")
+    page.locator("#upload-xray").set_input_files(str(wrong))
+    page.wait_for_function(
+        "() => document.querySelector('#error') && document.querySelector('#error').innerText.includes('scan.jpg')",
+        timeout=30000,
+    )
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(b"DICM but not really" * 8)
+    page.locator("#error .v-alert__close button, #error button").first.click()
+    page.locator("#upload-xray").set_input_files(str(broken))
+    page.wait_for_function(
+        "() => document.querySelector('#error') && document.querySelector('#error').innerText.includes('broken.dcm')",
+        timeout=30000,
+    )
+    assert page.locator("#xray-name").inner_text() == name
