@@ -59,7 +59,11 @@ class NanoDRRWebApp:
         self.workflow = NanoDRRWorkflow(self.scene, NanoDRRLogic(), schedule=self._schedule)
         self.viewer = Viewer(self.slicerApp, self.server)
         self.binding = StateBinding(
-            self.server, self.workflow, onDrr=self._showDrr, onInputs=self.viewer.showCT
+            self.server,
+            self.workflow,
+            onDrr=self._showDrr,
+            onInputs=self.viewer.showCT,
+            beforePose=self.viewer.deferThreeD,
         )
         self.maxUploadBytes = int(maxUploadMB * 2**20)
         self.uploads = UploadFolder()

@@ -21,6 +21,9 @@ CT_PRESET = "CT-Bone"
 STILL_QUALITY = 90
 #: Software OpenGL volume-renders the CT in ~450 ms at normal quality; adaptive quality aims at this rate.
 VOLUME_RENDERING_FPS = 30.0
+#: After a new DRR, the 3D view (held since the C-arm moved) renders this much later (s): the DRR view's
+#: frame is rendered, encoded and sent first.
+THREED_RELEASE_DELAY = 0.15
 #: 3D camera: from the patient's right, anterior and above, far enough to see source and detector (mm).
 CAMERA_DIRECTION = (1.0, 0.8, 0.6)
 CAMERA_DISTANCE = 3600.0
@@ -113,10 +116,13 @@ class Viewer:
             view.fit_view_to_content()
             self._fitted = size
         view.schedule_render()
-        try:  # after the DRR view's render task has woken up
-            asyncio.get_running_loop().call_soon(self.releaseThreeD)
+        try:  # once the DRR view's frame is on its way (a software 3D frame would hold it back)
+            asyncio.get_running_loop().call_later(THREED_RELEASE_DELAY, self._releaseAndRender)
         except RuntimeError:
-            self.releaseThreeD()
+            self._releaseAndRender()
+
+    def _releaseAndRender(self) -> None:
+        self.releaseThreeD()
         self.threeD.schedule_render()
 
     def deferThreeD(self, safety: float = 1.0) -> None:

@@ -55,6 +55,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--pause", type=float, default=0.6, help="seconds between changes (the views settle)")
     args = p.parse_args(argv)
     reason = skipReason()
     if reason:
@@ -78,7 +79,7 @@ def main(argv=None) -> int:
                 ms = measure(page)
                 if i >= args.warmup:
                     times.append(ms)
-                time.sleep(0.6)  # let the previous change settle (its still-quality frame)
+                time.sleep(args.pause)  # let the previous change settle (the 3D view's frame)
             browser.close()
     finally:
         server.stop()
@@ -86,6 +87,7 @@ def main(argv=None) -> int:
         f"C-arm change → new 256×256 DRR in the page: median {statistics.median(times):.0f} ms "
         f"(min {min(times):.0f}, max {max(times):.0f}, {len(times)} repeats)"
     )
+    print("each (ms):", " ".join(f"{t:.0f}" for t in times))
     return 0
 
 
