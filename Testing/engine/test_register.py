@@ -129,3 +129,59 @@ def test_cancel_propagates_and_bad_input_is_named(case):
             register(subject, args["target"], k, SDD, args["rt_inv"], H, W, **{
                 key: v for key, v in kwargs.items() if key not in ("target", "rt_inv")
             })  # fmt: skip
+
+
+def test_mask_ignores_what_the_x_ray_shows_and_the_ct_does_not(case):
+    """A target whose left third is covered (a lead apron, a label): masked out, the pose is still found;
+    not masked, the cover pulls the fit away. With a third of the pixels gone the loss plateaus sooner, so
+    this case needs the schedule's ``patience=10`` (the default 5 stops at 1.3 mm)."""
+    subject, k, points = case
+    truth = carm_to_rt_inv(10.0, 5.0, 850.0, subject.isocenter)[None]
+    with torch.no_grad():
+        target = render(subject, k, truth, SDD, H, W, method="joseph")
+    covered = target.clone()
+    covered[..., : W // 3] = target.max() * 2.0  # nothing the CT renders
+    mask = torch.ones(1, 1, H, W, dtype=torch.bool)
+    mask[..., : W // 3] = False
+    start = _perturb(truth, subject, (2.0, -2.0, 2.0), (4.0, 5.0, -4.0))
+    result = register(subject, covered, k, SDD, start, H, W, mask=mask, patience=10)
+    masked = float(target_registration_error(truth, result.rt_inv, points))
+    assert masked < 1.0
+    unmasked = register(subject, covered, k, SDD, start, H, W, patience=10)
+    assert float(target_registration_error(truth, unmasked.rt_inv, points)) > 2 * masked
+
+
+def test_channel_weights_register_on_bone(case):
+    """Labelmap-weighted similarity: at the true pose a bone-only target (channels 7-9 of the phantom) is
+    closer to the bone-weighted DRR than to the plain one, and the pose is found from a start."""
+    _, k, points = case
+    vol, labels, v2w, _ = make_chest_phantom(spacing=(4.0, 4.0, 4.0))
+    labelled = Subject.from_array(vol, v2w, labels)
+    bone = torch.zeros(labelled.n_classes)
+    bone[7:10] = 1.0
+    truth = carm_to_rt_inv(-15.0, 10.0, 850.0, labelled.isocenter)[None]
+    with torch.no_grad():
+        channels = render(labelled, k, truth, SDD, H, W, method="joseph")
+    target = (channels * bone[None, :, None, None]).sum(1, keepdim=True)
+    once = {"max_iterations": 1, "patience": 1, "decays": 1, "factors": [1]}
+    weighted = register(labelled, target, k, SDD, truth, H, W, channel_weights=bone, **once).initial_loss
+    plain = register(labelled, target, k, SDD, truth, H, W, **once).initial_loss
+    assert weighted < 0.5 * plain  # (not 0: patches where the bone image is empty score 0, not 1)
+    start = _perturb(truth, labelled, (-2.0, 2.0, 2.0), (-4.0, 4.0, 5.0))
+    result = register(labelled, target, k, SDD, start, H, W, channel_weights=bone)
+    assert float(target_registration_error(truth, result.rt_inv, points)) < 1.0
+
+
+def test_several_starts_keep_the_best(case):
+    """Given the start that undoes a 40° error among its candidates, register picks it and succeeds."""
+    subject, k, points = case
+    truth = carm_to_rt_inv(0.0, 0.0, 850.0, subject.isocenter)[None]
+    with torch.no_grad():
+        target = render(subject, k, truth, SDD, H, W, method="joseph")
+    far = _perturb(truth, subject, (0.0, 40.0, 0.0), (0.0, 0.0, 0.0))  # 40° about the camera's y axis
+    # the correction is a rotation of -40° about y through the isocenter: (ω, t) = ((0, -40°, 0), 0)
+    undo = torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.0, 0.0], [0.0, -math.radians(40.0), 0.0, 0.0, 0.0, 0.0]])
+    single = register(subject, target, k, SDD, far, H, W)
+    several = register(subject, target, k, SDD, far, H, W, starts=undo)
+    assert float(target_registration_error(truth, several.rt_inv, points)) < 1.0
+    assert several.loss < single.loss
