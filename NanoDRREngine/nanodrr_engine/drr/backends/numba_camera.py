@@ -9,8 +9,8 @@ samples, rounded to float32 as ``render`` hands them to the kernel) into a small
 The backward recomputes the chunk's geometry, takes the march's per-ray gradients and applies the
 chain rule of the geometry by hand, down to ``∂L/∂(camera → voxel matrix)``, summed per thread.
 
-Measured (chest CT, ``bench_render``): peak extra memory of a 512×512 forward 42 MB with the torch
-geometry, 3 MB fused (its output is 1 MB); speed the same or a few % faster.
+Why: the torch geometry materialises per-ray tensors; fused, a render needs little beyond its output
+(measured in ``docs/performance.md``, "CPU kernel design").
 """
 
 from __future__ import annotations

@@ -5,54 +5,38 @@ with numba kernels that are parallel over rays and keep each ray's running sums 
 no per-sample tensor is ever built. Public API: :func:`is_available`, :func:`raymarch` (a
 ``torch.library`` custom op with autograd, opaque to ``torch.compile``).
 
-Design (measured on a 2-core Sapphire/Emerald Rapids VM, 512×512×133 chest CT, 500 samples per
-ray, AP view; 2 threads: 200×200 forward ~37 ms, 256×256 ~59 ms, 512×512 ~205 ms):
+Design (why each choice was made, with the measurements: ``docs/performance.md``, "CPU kernel design"):
 
-- Each ray is split once into the samples whose 8 trilinear corners are all inside the volume
-  (an analytic interval, with an inward margin covering float32 rounding, so that these reads
-  need no bounds checks) and the few at its ends, which take a scalar zero-padded path.
-- The inner part is a branch-free loop that LLVM vectorises *across samples*: 32-bit indices,
-  two neighbouring voxels per 8-byte gather element, 512-bit vectors where the CPU has them
-  (~1.7× a scalar loop with per-sample checks; 512-bit vectors another ~15%).
-- Neighbouring rays are marched in pairs over their common interior: they read mostly the same
-  cache lines, which halves the traffic from L2 (~20%). Ray tiles over the image and air
-  skipping were measured and not worth it (no gain; only ~20% of samples read all-zero corners;
-  trimming rays' empty ends with a 4³-block occupancy map skipped 12% of samples, but finding
-  the ends cost as much).
-- Rays come in contiguous chunks (neighbouring rays reuse cached voxels), dealt round-robin to
-  one group per thread (balances the image's uneven work). A chunk's pairs are marched segment
-  by segment (128 samples of every pair, then the next 128): the voxels a segment reads stay in
-  L2 until the next image rows' rays read them again (~10%; ~30% of the time is memory stalls:
-  the same march over a 4×-downsampled, cache-resident volume takes 70% of the time).
-- Labelmaps: chunks of 128 samples get μ and the nearest label computed vectorised into stack
-  buffers (8/16-bit labels read as 32-bit words: x86 has no byte gathers); vector compares of
-  neighbouring labels give bit masks of the label changes, so only the runs are visited, each
-  flushed once into its channel: ~1.45× the plain render with 119 channels (a sample-by-sample
-  scan made it ~1.6×). The label gather is most of what remains (~2/3); a map of label-uniform
-  4³ blocks, to skip it, did not pay (the block lookup costs as much as the gather).
-- float16 / bfloat16 volumes are read natively (converted per load), never copied, and are
-  ~20% faster than float32 (half the memory traffic).
-- The kernels are compiled per dtype combination (volume f32/f16/bf16 × label dtype) on first
-  use (~5 s each here) and cached on disk (``cache=True``; ~1.5 s to load in a new process).
+- Each ray is split once into the samples whose 8 trilinear corners are all inside the volume (an
+  analytic interval with an inward margin for float32 rounding: no bounds checks there) and the few at
+  its ends, which take a scalar zero-padded path.
+- The inner part is a branch-free loop that LLVM vectorises across samples (32-bit indices, two
+  neighbouring voxels per 8-byte gather element).
+- Neighbouring rays are marched in pairs over their common interior (they read the same cache lines);
+  rays come in contiguous chunks dealt round-robin to one group per thread; a chunk's pairs are marched
+  segment by segment so that a segment's voxels stay in L2 for the next image rows.
+- Labelmaps: chunks of samples get μ and the nearest label computed vectorised into stack buffers;
+  vector compares of neighbouring labels find the label changes, so only the runs are visited, each
+  flushed once into its channel.
+- float16 / bfloat16 volumes are read natively (converted per load), never copied.
+- Kernels are compiled per dtype combination on first use and cached on disk (``cache=True``).
 
-Backward: the per-ray gradients (``start``, ``delta``, ``step``) use the same split march with
-the analytic gradient of the trilinear interpolant (piecewise, one-sided at voxel boundaries via
-floor, as ``grid_sample``'s backward); with labels, runs of equal labels share one output gradient.
-Only the requested gradients are computed. The volume gradient is a scatter: to be race-free and
-deterministic without per-thread copies of the volume, the volume is cut into slabs (along k when
-it has enough planes, else the longest axis) and each slab is owned by one task, which marches
-only the samples whose corners touch it. Each voxel then sums its contributions in ray order
-whatever the thread count, so dvol is bitwise reproducible; the only extra memory is dvol itself.
+Backward: the per-ray gradients (``start``, ``delta``, ``step``) use the same split march with the
+analytic gradient of the trilinear interpolant (piecewise, one-sided at voxel boundaries via floor, as
+``grid_sample``'s backward); with labels, runs of equal labels share one output gradient. Only the
+requested gradients are computed. The volume gradient is a scatter: to be race-free and deterministic
+without per-thread copies of the volume, the volume is cut into slabs (along k when it has enough planes,
+else the longest axis) and each slab is owned by one task, which marches only the samples whose corners
+touch it. Each voxel then sums its contributions in ray order whatever the thread count, so dvol is
+bitwise reproducible; the only extra memory is dvol itself.
 
-Rays with ``step == 0`` output 0 and get zero start/delta gradients (their dstep, Σ g·μ, is
-still computed, as the contract's formula says). Non-finite ``start``/``delta`` give NaN
-outputs and zero gradients, never out-of-bounds reads.
+Rays with ``step == 0`` output 0 and get zero start/delta gradients (their dstep, Σ g·μ, is still
+computed, as the contract's formula says). Non-finite ``start``/``delta`` give NaN outputs and zero
+gradients, never out-of-bounds reads.
 
 Per-ray sample counts (``count``, Joseph's slices: ray ``r`` keeps its samples ``s < count[r]``) replace
 ``n`` ray by ray in every kernel, forward and backward; ``n`` (their maximum) only bounds the segments.
-This is how ``method="joseph"`` gets volume gradients and labelmaps with gradients on CPU (200² chest
-CT: volume gradient 0.4-0.6 s, as the ray march's; labelmap + pose gradient 0.2 s; the torch reference took
-4.8 s or more for each).
+This is how ``method="joseph"`` gets volume gradients and labelmaps with gradients on CPU.
 """
 
 from __future__ import annotations

@@ -9,46 +9,32 @@ along i instead of four. On i-planes the in-plane neighbours are not adjacent in
 single-voxel gathers cost as much as the trilinear loop's four pair gathers, so those rays (and any
 ray not of plane form) take the trilinear loop.
 
-How it is fast (2-core VM, 512×512×133 chest CT, 256×256 DRRs, same-run medians; "before" is one
-ray at a time on float32 voxels):
+Design (why, with the measurements: ``docs/performance.md``, "CPU kernel design"):
 
-- Geometry and march are fused per ray (float64 geometry; in torch it cost 4-10 ms per image).
+- Geometry and march are fused per ray (float64 geometry).
 - Four neighbouring rays of an image row whose samples lie on planes of one axis, in one direction,
   march in lockstep (index ``t`` = ray 0's sample; the others restart at ray 0's first plane): their
-  samples on a plane read mostly the same cache lines, and four independent gathers hide each
-  other's latency. Pairs: 0.80×, quads: 0.73× on AP views.
-- A chunk's quads march segment by segment (``_SEGMENT`` samples of all of them, then the next), so
-  the voxels of a segment stay in L2 while the next image rows' rays read them again: 0.62× in all
-  with quads on AP views (segments of 64: 0.66×, 256: 0.68×).
+  samples on a plane read mostly the same cache lines, and four independent gathers hide each other's
+  latency. A chunk's quads march segment by segment (``_SEGMENT`` samples of all of them, then the
+  next), so the voxels of a segment stay in L2 while the next image rows' rays read them again.
 - The interior reads 16-bit fixed-point codes of μ (``code = round(μ / scale)``, ``scale = max μ /
-  65535``, computed once per volume and cached, see :func:`fixed_point_codes`): half the bytes and
-  half the gather instructions of float32, 0.8× again. Each voxel is off by at most ``scale / 2``
-  (1e-6 /mm for the chest CT); images agree with float32 reads to ~5e-6 of their maximum.
-  float16 voxels are as fast but 10× less exact (6e-5). Rays' checked ends read the float volume.
-- Measured and rejected: transparent huge pages for the volume (no gain), a plane-by-plane sweep of
-  ray blocks (~15 % slower), a static split of rays over threads (~20 % slower), trimming each ray's
-  all-air ends (a Chebyshev distance map of 4³ blocks, jumping across empty cubes: 12 % of the samples
-  at 256² AP, 6.3 lookups per ray, 6-8 ms per image to find the ends for ~5 ms saved).
+  65535``, computed once per volume and cached, see :func:`fixed_point_codes`): half the bytes and half
+  the gather instructions of float32; each voxel is off by at most ``scale / 2``. Rays' checked ends
+  read the float volume.
 
 Labelmaps (``_fwd_slice_labels``): the runs of equal nearest labels along each ray are summed and
 flushed once into their channel (``numba_cpu``'s run scan), neighbouring rays in lockstep pairs
 (restarted at a common plane as the quads are), a chunk's pairs segment by segment. The pairs' planes
 are read as the plain march reads them (two pair loads of the fixed-point codes; ``_labels_planes2``),
 plus one nearest-label read per sample; the rest of a ray (its checked ends and the part outside the
-pair's common interior) takes ``numba_cpu``'s trilinear float32 labelmap march. With the chest CT's 118
-labels (one-process A/B against trilinear float32 reads on the planes): 200² 57 ms (was 67-89 ms), 512²
-345 ms (was 373-429 ms), 1.7-1.9× Joseph's plain render (was 2.1-2.4×; the torch reference took 3.2 s
-at 256²). Most of what remains is the label reads: with one constant label it is 1.4×. Pairs: 0.87×
-single rays; segments: 0.6× (200²) and 0.8× (512²) again. Measured and rejected: zeroing the output in
-the kernel, chunk by chunk, instead of ``torch.zeros`` (no gain within noise).
+pair's common interior) takes ``numba_cpu``'s trilinear float32 labelmap march.
 
 Pose gradients of plain renders (2D/3D registration, :func:`slicemarch_pose_differentiable`): the
 backward recomputes each ray's geometry, marches it once more on float voxels for Σμ, Σ∇μ and Σ s·∇μ
 (``numba_cpu._grad_range``) and applies the geometry's chain rule by hand down to the camera → voxel
-matrix; neighbouring rays go in lockstep pairs, a chunk's pairs segment by segment (backward 0.82× of
-single rays at 200², 0.9× at 512²). With the chest CT, forward + backward at 200² takes ~90 ms (torch
-reference: 3.5 s). Volume gradients and labelmaps with gradients take ``numba_cpu.raymarch`` on
-``slice_geometry``'s samples with per-ray counts (``render._joseph``).
+matrix; neighbouring rays go in lockstep pairs, a chunk's pairs segment by segment. Volume gradients and
+labelmaps with gradients take ``numba_cpu.raymarch`` on ``slice_geometry``'s samples with per-ray counts
+(``render._joseph``).
 """
 
 from __future__ import annotations
@@ -922,7 +908,7 @@ def fixed_point_codes(vol: torch.Tensor) -> tuple[np.ndarray, float] | None:
     last few volumes are cached, keyed by the tensor that owns the memory (held weakly: a freed μ
     volume never matches a new one at the same address), the view into it and its in-place version
     counter, so a live series of renders of one subject encodes once. They take half the volume's
-    memory; encoding the chest CT (35 M voxels) takes ~40 ms on 2 cores.
+    memory; encoding is a small fraction of one render (``docs/performance.md``).
     """
     if vol.dtype != torch.float32 or vol.device.type != "cpu":
         return None
