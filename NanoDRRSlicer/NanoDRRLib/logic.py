@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import slicer
+from nanodrr_engine.names import BACKEND_CHOICES, METHODS
 
 from . import carm as _carm
 from . import dataset as _dataset
@@ -67,9 +68,8 @@ from .segments import (
 if TYPE_CHECKING:  # torch and the engine are imported lazily (Slicer may install torch on demand)
     import torch
 
-BACKENDS = ("auto", "numba", "triton", "torch")
-#: Sampling methods (``nanodrr_engine.drr.render.METHODS``; repeated here so validation needs no torch).
-METHODS = ("raymarch", "joseph")
+#: What ``backend=`` accepts, and the sampling methods (torch-free: validation runs before torch exists).
+BACKENDS = BACKEND_CHOICES
 
 
 def resolveDevice(device) -> torch.device:

@@ -18,13 +18,10 @@ from .._validation import (
     check_rigid,
 )
 from ..data.subject import Subject
+from ..names import METHODS
 from .backends import BACKENDS, resolve_backend
 from .joseph_ends import end_correction, may_end_inside
 from .rays import make_src, make_tgt, sample_geometry, slice_geometry
-
-#: Sampling methods: the reference ray march, and Joseph's one-sample-per-voxel-plane.
-METHODS = ("raymarch", "joseph")
-
 
 #: Volume samples per chunk when a render runs in chunks (a progress callback, or large work), per
 #: backend, so that a chunk takes well under half a second: the numba kernels march ~1e9 samples/s on

@@ -39,6 +39,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ...names import BACKEND_NAMES
+
 
 @dataclass(frozen=True)
 class Backend:
@@ -85,12 +87,13 @@ def _triton_load():
     return raymarch
 
 
-#: In order of preference for ``backend="auto"``.
+#: In order of preference for ``backend="auto"`` (:data:`nanodrr_engine.names.BACKEND_NAMES`).
 BACKENDS: dict[str, Backend] = {
     "triton": Backend("triton", _triton_supports, _triton_load),
     "numba": Backend("numba", _numba_supports, _numba_load),
     "torch": Backend("torch", lambda device, dtype: True, _torch_load),
 }
+assert tuple(BACKENDS) == BACKEND_NAMES, "the registry and nanodrr_engine.names disagree"
 
 
 def available_backends(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> list[str]:
