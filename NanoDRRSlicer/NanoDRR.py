@@ -538,16 +538,25 @@ class NanoDRRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._updateOverlay()
         self._updateButtonStates()
 
-    def _updateOverlay(self) -> None:
-        """Show the DRR over the X-ray in the Red view (or the DRR alone when the overlay is off)."""
+    def _updateOverlay(self, quiet: bool = False) -> None:
+        """Show the DRR over the X-ray in the Red view (or the DRR alone when the overlay is off).
+
+        ``quiet`` (live renders): a failure goes to the status line, not a dialog per frame.
+        """
         p = self._parameterNode
         if p is None or self._busy:
             return
-        with self._displayErrors(_("Failed to overlay the DRR on the X-ray.")):
+        node = None
+        try:
             node = self.logic.updateOverlayFromParameters(p)
-            shown = node if node is not None else p.outputVolume
-            if shown is not None:
-                self.logic.showDRR(shown, switchLayout=False, showIn3D=p.showGeometry)
+        except Exception as e:
+            if not quiet:
+                with self._displayErrors(_("Failed to overlay the DRR on the X-ray.")):
+                    raise
+            self.ui.statusLabel.text = _("Overlay: {error}").format(error=e)
+        shown = node if node is not None else p.outputVolume
+        if shown is not None:
+            self.logic.showDRR(shown, switchLayout=False, showIn3D=p.showGeometry)
 
     def onCancelButton(self) -> None:
         self._cancelRequested = True
@@ -638,7 +647,7 @@ class NanoDRRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         if p and p.outputVolume:
             if p.showOverlay and p.xrayVolume:
-                self._updateOverlay()  # the overlay follows the C-arm while it is dragged
+                self._updateOverlay(quiet=True)  # the overlay follows the C-arm while it is dragged
             else:
                 self.logic.showDRR(p.outputVolume, switchLayout=False, showIn3D=p.showGeometry)
         if self._live is not None and self._live.isPreview:
