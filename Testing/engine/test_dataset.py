@@ -303,10 +303,15 @@ def test_pose_table(files, tmp_path):
 # --------------------------------------------------------------------------------------------------
 
 
+#: Images of the CLI runs that get interrupted: enough 2-image chunks of 32² (~1 ms an image) that the signal,
+#: sent once the first chunks are done, lands mid-run (96 finished before a SIGINT did).
+CLI_N = 960
+
+
 def _cli_generate(files, out, *extra) -> list[str]:
     return [
         PY, "-m", "nanodrr_engine.dataset", "generate", "--ct", str(files / "ct.nii.gz"), "--out", str(out),
-        "--n", "96", "--chunk", "2", "--size", "32", "--seed", "3", "--mu-bone", "0.03", "0.08", "--photons", "1e4",
+        "--n", str(CLI_N), "--chunk", "2", "--size", "32", "--seed", "3", "--mu-bone", "0.03", "0.08", "--photons", "1e4",
         "--quiet", *extra,
     ]  # fmt: skip
 
@@ -324,7 +329,7 @@ def _kill_after(cmd, out, chunks: int, sig) -> subprocess.Popen:
     )
     deadline = time.time() + 120
     while _done(out) < chunks and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+        time.sleep(0.01)
     os.killpg(proc.pid, sig)
     proc.communicate(timeout=60)
     return proc
@@ -332,7 +337,7 @@ def _kill_after(cmd, out, chunks: int, sig) -> subprocess.Popen:
 
 def _cli_spec():
     return DatasetSpec(
-        n=96,
+        n=CLI_N,
         seed=3,
         chunk=2,
         detector=Detector.preset("reference", 32),
@@ -352,7 +357,7 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(files, cli_reference, 
     proc = _kill_after(_cli_generate(files, out, "--workers", "2"), out, 3, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL
     before = _done(out)
-    assert 3 <= before < 48, before  # killed mid-run
+    assert 3 <= before < CLI_N // 2, before  # killed mid-run
     g = zarr.open_group(str(out), mode="r")
     ref = _arrays(cli_reference)
     done = np.asarray(g["done"][:]).astype(bool)
@@ -361,7 +366,7 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(files, cli_reference, 
             np.asarray(g["images"][2 * c : 2 * c + 2]).tobytes() == ref["images"][2 * c : 2 * c + 2].tobytes()
         )
     summary = generate(str(files / "ct.nii.gz"), out, spec=_cli_spec())
-    assert summary.resumed and summary.images == 96 - 2 * before
+    assert summary.resumed and summary.images == CLI_N - 2 * before
     _assert_identical(_arrays(out), ref)
     assert zarr.open_group(str(out), mode="r").attrs["nanodrr_dataset"]["complete"] is True
 
@@ -371,10 +376,10 @@ def test_ctrl_c_leaves_a_resumable_store(files, cli_reference, tmp_path):
     proc = _kill_after(_cli_generate(files, out), out, 2, signal.SIGINT)
     assert proc.returncode == 130, proc.stderr
     before = _done(out)
-    assert before < 48
+    assert before < CLI_N // 2
     run = subprocess.run(_cli_generate(files, out), capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    assert "resumed" in run.stdout and f"{96 - 2 * before:,} images in" in run.stdout
+    assert "resumed" in run.stdout and f"{CLI_N - 2 * before:,} images in" in run.stdout
     _assert_identical(_arrays(out), _arrays(cli_reference))
 
 

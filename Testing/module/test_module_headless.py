@@ -349,7 +349,7 @@ def test_logic_and_selftest_run_on_real_mrml():
     result = subprocess.run(
         [sys.executable, "-c", HARNESS, str(MODULE_DIR)],
         capture_output=True,
-        text=True,
+        encoding="utf-8",  # the self-tests print non-ASCII (°, →) whatever the locale (CI runs with C)
         timeout=600,
         check=False,
         cwd=REPO,
