@@ -583,8 +583,9 @@ _DISK_FULL_SCRIPT = textwrap.dedent(
     s = generate(ct, out, spec=spec)
     result["resumed_images"] = s.images
     a, b = zarr.open_group(out, mode="r"), zarr.open_group(ref, mode="r")
-    result["equal"] = all(np.asarray(a[k][:]).tobytes() == np.asarray(b[k][:]).tobytes()
-                          for k in ("images", "rt_inv", "params/mu_bone", "done"))
+    # ref has more samples of the same spec: sample i depends only on (seed, i), so its first 96 are these
+    result["equal"] = all(np.asarray(a[k][:]).tobytes() == np.asarray(b[k][:96]).tobytes()
+                          for k in ("images", "rt_inv", "params/mu_bone")) and bool(np.asarray(a["done"][:]).all())
     print("RESULT " + json.dumps(result))
     """
 )
