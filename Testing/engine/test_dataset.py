@@ -325,8 +325,11 @@ def _done(out) -> int:
 
 def _kill_after(cmd, out, chunks: int, sig) -> subprocess.Popen:
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        # a shell without job control starts background jobs with SIGINT ignored, and the child would inherit
+        # that (a CI runner can): give it the default, as a terminal's Ctrl-C finds it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
     deadline = time.time() + 120
     while _done(out) < chunks and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
