@@ -338,20 +338,16 @@ def _kill_after(cmd, out, chunks: int, sig) -> subprocess.Popen:
     return proc
 
 
-def _cli_spec():
-    return DatasetSpec(
-        n=CLI_N,
-        seed=3,
-        chunk=2,
-        detector=Detector.preset("reference", 32),
-        augment=Augment(mu_bone=(0.03, 0.08), photons=1e4),
-    )
-
-
 @pytest.fixture(scope="module")
 def cli_reference(files, tmp_path_factory):
+    """An uninterrupted run of the same command, in a fresh process like the interrupted ones.
+
+    (Rendered in the pytest process instead, after the whole suite had run, it differed from the CLI's in
+    one sample of 960 in one CI run: a process-state dependence under investigation, see issue 16.)
+    """
     out = tmp_path_factory.mktemp("cliref") / "ref.zarr"
-    generate(str(files / "ct.nii.gz"), out, spec=_cli_spec())
+    run = subprocess.run(_cli_generate(files, out), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
     return out
 
 
@@ -368,8 +364,9 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(files, cli_reference, 
         assert (
             np.asarray(g["images"][2 * c : 2 * c + 2]).tobytes() == ref["images"][2 * c : 2 * c + 2].tobytes()
         )
-    summary = generate(str(files / "ct.nii.gz"), out, spec=_cli_spec())
-    assert summary.resumed and summary.images == CLI_N - 2 * before
+    run = subprocess.run(_cli_generate(files, out), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "resumed" in run.stdout and f"{CLI_N - 2 * before:,} images in" in run.stdout
     _assert_identical(_arrays(out), ref)
     assert zarr.open_group(str(out), mode="r").attrs["nanodrr_dataset"]["complete"] is True
 
