@@ -479,14 +479,23 @@ class NanoDRRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onRenderButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to render the DRR."), waitCursor=True):
-            self.logic.ensureDependencies()
-            p = self._parameterNode
-            if not p.carmTransform:
-                self.logic.createCArmFromParameters(p)
-            result = self._runCancellable(lambda progress: self.logic.renderFromParameters(p, progress))
-            if result is not None:
-                self.logic.showDRR(p.outputVolume, switchLayout=True, showIn3D=p.showGeometry)
-                self._updateOverlay()
+            self._run(self.logic.renderFromParameters)
+            self._showResult()
+
+    def _run(self, task):
+        """``task(p, progress)`` with the dependencies, a C-arm and the progress bar / Cancel; None if cancelled."""
+        self.logic.ensureDependencies()
+        p = self._parameterNode
+        if not p.carmTransform:
+            self.logic.createCArmFromParameters(p)
+        return self._runCancellable(lambda progress: task(p, progress))
+
+    def _showResult(self) -> None:
+        """The DRR (or its overlay on the X-ray) in the module's layout."""
+        p = self._parameterNode
+        if p.outputVolume:
+            self.logic.showDRR(p.outputVolume, switchLayout=True, showIn3D=p.showGeometry)
+        self._updateOverlay()
 
     def onLoadXrayButton(self) -> None:
         path = qt.QFileDialog.getOpenFileName(
@@ -505,11 +514,8 @@ class NanoDRRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onRegisterButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Registration failed."), waitCursor=True):
-            self.logic.ensureDependencies()
             p = self._parameterNode
-            if not p.carmTransform:
-                self.logic.createCArmFromParameters(p)
-            result = self._runCancellable(lambda progress: self.logic.registerFromParameters(p, progress))
+            result = self._run(self.logic.registerFromParameters)
             if result is None:
                 return
             self.ui.similarityLabel.text = _(
@@ -521,22 +527,22 @@ class NanoDRRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 seconds=result["seconds"],
             )
             self._syncPoseFromCArm()
-            self._runCancellable(lambda progress: self.logic.renderFromParameters(p, progress))
-            self.logic.showDRR(p.outputVolume, switchLayout=True, showIn3D=p.showGeometry)
-            if not p.showOverlay:
-                p.showOverlay = True  # show the fit
-            self._updateOverlay()
+            self._renderAfterMove()
+            p.showOverlay = True  # show the fit (a change of it updates the overlay)
 
     def onUndoRegistrationButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to undo the registration."), waitCursor=True):
-            p = self._parameterNode
-            self.logic.undoRegistration(p.carmTransform)
+            self.logic.undoRegistration(self._parameterNode.carmTransform)
             self._syncPoseFromCArm()
             self.ui.similarityLabel.text = ""
-            if not p.live:
-                self._runCancellable(lambda progress: self.logic.renderFromParameters(p, progress))
-            self._updateOverlay()
+            self._renderAfterMove()
         self._updateButtonStates()
+
+    def _renderAfterMove(self) -> None:
+        """The DRR of the C-arm's new pose: live mode has rendered it already (restarted when not busy)."""
+        if not self._parameterNode.live:
+            self._run(self.logic.renderFromParameters)
+        self._showResult()
 
     def _updateOverlay(self, quiet: bool = False) -> None:
         """Show the DRR over the X-ray in the Red view (or the DRR alone when the overlay is off).

@@ -247,9 +247,14 @@ class StateBinding:
         current = self.workflow.overlay
         if all(_same(values[f], current[f]) for f in values):
             return
-        values["show"] = bool(values["show"])
-        values["blend"] = asNumber(values["blend"], "overlay_blend")
-        self.guarded(lambda: self.workflow.setOverlay(**values), "overlay")
+        self.guarded(
+            lambda: self.workflow.setOverlay(
+                show=bool(values["show"]),
+                mode=values["mode"],
+                blend=asNumber(values["blend"], "overlay_blend"),
+            ),
+            "overlay",
+        )
 
     # --- workflow → page ---------------------------------------------------------------------
 

@@ -664,15 +664,13 @@ class NanoDRRWorkflow:
         """Make the current DRR the X-ray to register (a copy: a target of known pose, to try registration)."""
         if self.outputNode is None or self.outputNode.GetImageData() is None:
             raise NanoDRRError("X-ray from DRR: render a DRR first")
-        import slicer
 
         node = self.scene.AddNewNodeByClass(
             "vtkMRMLScalarVolumeNode", self.scene.GenerateUniqueName(f"X-ray (DRR #{self.renderCount})")
         )
-        node.CopyContent(self.outputNode)  # geometry and the NanoDRR.* attributes (line integrals or not)
-        for name in self.outputNode.GetAttributeNames() or ():
+        node.CopyContent(self.outputNode)  # geometry and a deep copy of the pixels
+        for name in self.outputNode.GetAttributeNames() or ():  # NanoDRR.*: line integrals or transmission
             node.SetAttribute(name, self.outputNode.GetAttribute(name))
-        slicer.util.updateVolumeFromArray(node, slicer.util.arrayFromVolume(self.outputNode).copy())
         node.CreateDefaultDisplayNodes()
         self._setXray(node)
         return node
