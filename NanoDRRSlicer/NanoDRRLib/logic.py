@@ -388,7 +388,7 @@ class NanoDRRLogic:
         Returns:
             The output ``vtkMRMLScalarVolumeNode`` (array ``(1, H, W)`` float32 on the detector plane).
         """
-        t0 = time.perf_counter()
+        clock = _StageClock()
         req = self._validate(
             volumeNode, carmNode, geometry, nSamples, device, muBone, muWater, displayMode, backend, method
         )
@@ -407,14 +407,13 @@ class NanoDRRLogic:
         self._checkBudget(req, volumeNode, 1 if segmentationNode is None else 2)
         if segmentationNode is not None:
             checkBinaryLabelmaps(segmentationNode, ids)  # closed surfaces are converted on a copy
-        t1 = time.perf_counter()
+        clock.stage("validate")
 
-        report = progressCallback or (lambda fraction, message="": None)
+        report = _reporter(progressCallback)
         report(0.0, "Preparing the volume")
-        self.lastRenderPasses = 0
         if segmentationNode is None:
             subject = self._cache.subject(volumeNode, req.voxelToWorld, req.device, req.mu)
-            channel = 0
+            passes = [_Pass(subject, {0: "drr"}, "Rendering")]
         else:
             shape = volumeShape(volumeNode)
 
@@ -433,31 +432,18 @@ class NanoDRRLogic:
                     f"segmentationNode {nodeLabel(segmentationNode)}: segments {names} are empty inside "
                     f"the volume {nodeLabel(volumeNode)}"
                 )
-            channel = 1
-        t2 = time.perf_counter()
+            passes = [_Pass(subject, {1: "drr"}, "Rendering")]
+        clock.stage("convert")
 
-        report(0.1, "Rendering")
-        progress = None if progressCallback is None else (lambda f: report(0.1 + 0.85 * f, "Rendering"))
-        image = self._renderTensor(subject, req, progress)[channel]
-        t3 = time.perf_counter()
-        report(0.95, "Updating the DRR node")
+        image = self._renderPasses(req, passes, report, progressCallback is not None, RENDER_SPAN)["drr"]
+        clock.stage("render")
 
-        image, colorID = self._display(image, req.displayMode)
-        node = writeDRR(
-            req.scene,
-            image,
-            detectorIJKToRAS(req.pose, req.geometry),
-            outputNode,
-            name or f"{volumeNode.GetName()} DRR",
-            self._attributes(req, volumeNode, carmNode, segmentationNode, ids),
-            {"sourceVolume": volumeNode, "cArm": carmNode, "segmentation": segmentationNode},
-            colorID,
-            autoWindowLevel,
-        )
-        t4 = time.perf_counter()
-        self.lastTimings = {
-            "validate": t1 - t0, "convert": t2 - t1, "render": t3 - t2, "output": t4 - t3, "total": t4 - t0,
-        }  # fmt: skip
+        report(RENDER_SPAN[1], "Updating the DRR node")
+        attrs = self._attributes(req, volumeNode, carmNode, segmentationNode, ids)
+        inputs = {"sourceVolume": volumeNode, "cArm": carmNode, "segmentation": segmentationNode}
+        name = name or f"{volumeNode.GetName()} DRR"
+        node = self._writeOutput(req, image, outputNode, name, attrs, inputs, None, autoWindowLevel)
+        self.lastTimings = clock.stage("output")
         return node
 
     def renderSegments(
@@ -496,7 +482,7 @@ class NanoDRRLogic:
         Returns:
             ``{segmentId: vtkMRMLScalarVolumeNode}`` in segment order.
         """
-        t0 = time.perf_counter()
+        clock = _StageClock()
         req = self._validate(
             volumeNode, carmNode, geometry, nSamples, device, muBone, muWater, displayMode, backend, method
         )
@@ -512,7 +498,7 @@ class NanoDRRLogic:
         _checkCallable(progressCallback, "progressCallback")
         self._checkBudget(req, volumeNode, len(ids) + 1)  # one pass of them all (overlaps: more, smaller)
         checkBinaryLabelmaps(segmentationNode, ids)
-        t1 = time.perf_counter()
+        clock.stage("validate")
 
         shape = volumeShape(volumeNode)
 
@@ -524,9 +510,8 @@ class NanoDRRLogic:
                 out.append((labels, len(groupIds), (groupIds, counts[1:].tolist())))
             return out
 
-        report = progressCallback or (lambda fraction, message="": None)
+        report = _reporter(progressCallback)
         report(0.0, "Resampling segments onto the volume")
-        self.lastRenderPasses = 0
         key = ("segments", segmentationKey(segmentationNode, ids))
         groups = self._cache.labelledSubjects(
             volumeNode, req.voxelToWorld, req.device, req.mu, key, makeLabels
@@ -539,35 +524,26 @@ class NanoDRRLogic:
                 f"segmentationNode {nodeLabel(segmentationNode)}: segment(s) {names} are empty inside the "
                 f"volume {nodeLabel(volumeNode)}"
             )
-        t2 = time.perf_counter()
+        passes = [
+            _Pass(subject, dict(enumerate(gids, start=1)), f"Rendering {len(gids)} segment(s), pass {n + 1} of "
+                  f"{len(groups)}", n)
+            for n, (subject, (gids, cs)) in enumerate(groups)
+            if any(cs)
+        ]  # fmt: skip
+        clock.stage("convert")
 
-        images: dict[str, np.ndarray] = {}
-        for n, (subject, (gids, cs)) in enumerate(groups):
-            if not any(cs):
-                continue
-            message = f"Rendering {len(gids)} segment(s), pass {n + 1} of {len(groups)}"
-            report(0.1 + 0.8 * n / len(groups), message)
-            progress = None
-            if progressCallback is not None:
+        images = self._renderPasses(
+            req, passes, report, progressCallback is not None, SEGMENTS_SPAN, len(groups)
+        )
+        clock.stage("render")
 
-                def progress(f, n=n, message=message):
-                    report(0.1 + 0.8 * (n + f) / len(groups), message)
-
-            out = self._renderTensor(subject, req, progress)
-            for c, sid in enumerate(gids, start=1):
-                images[sid] = out[c]
-        for image in images.values():
-            checkFiniteImage(image)  # every image, before any node is written
-        t3 = time.perf_counter()
-
-        report(0.9, "Updating the DRR nodes")
-        ijk = detectorIJKToRAS(req.pose, req.geometry)
+        report(SEGMENTS_SPAN[1], "Updating the DRR nodes")
+        inputs = {"sourceVolume": volumeNode, "cArm": carmNode, "segmentation": segmentationNode}
         result: dict[str, object] = {}
         created = []
         for sid in ids:
             if sid not in images or counts.get(sid, 0) == 0:
                 continue
-            image, _ = self._display(images[sid], req.displayMode)
             name = segmentName(segmentationNode, sid)
             color = segmentColor(segmentationNode, sid)
             node = outputNodes.get(sid)
@@ -575,20 +551,88 @@ class NanoDRRLogic:
             colorNode = segmentColorNode(req.scene, name, color, existingColor)
             attrs = self._attributes(req, volumeNode, carmNode, segmentationNode, [sid])
             attrs.update(segmentID=sid, segmentName=name, segmentColor=" ".join(f"{c:.6g}" for c in color))
-            newNode = writeDRR(
-                req.scene, image, ijk, node, f"{volumeNode.GetName()} DRR {name}", attrs,
-                {"sourceVolume": volumeNode, "cArm": carmNode, "segmentation": segmentationNode},
+            newNode = self._writeOutput(
+                req, images[sid], node, f"{volumeNode.GetName()} DRR {name}", attrs, inputs,
                 colorNode.GetID(), autoWindowLevel,
             )  # fmt: skip
             if node is None:
                 created.append(newNode)
             result[sid] = newNode
         _putInFolder(req.scene, created, folderName or f"{volumeNode.GetName()} DRR segments")
-        t4 = time.perf_counter()
-        self.lastTimings = {
-            "validate": t1 - t0, "convert": t2 - t1, "render": t3 - t2, "output": t4 - t3, "total": t4 - t0,
-        }  # fmt: skip
+        self.lastTimings = clock.stage("output")
         return result
+
+    # --- the pipeline both share: passes → images → nodes ---------------------------------------
+
+    def _renderPasses(
+        self, req: _Request, passes: list, report, withProgress: bool, span, of: int | None = None
+    ):
+        """``{output key: [H, W] image}`` of the engine passes, every image checked before any is written.
+
+        Pass ``p.index`` of ``of`` (default: as many as given; empty ones are dropped before) takes its
+        share of the progress ``span`` (start, end).
+        """
+        start, end = span
+        total = of or len(passes)
+        self.lastRenderPasses = 0
+        images: dict[str, np.ndarray] = {}
+        for p in passes:
+            n = p.index
+            report(start + (end - start) * n / total, p.message)
+            progress = None
+            if withProgress:
+
+                def progress(f, n=n, message=p.message):
+                    report(start + (end - start) * (n + f) / total, message)
+
+            out = self._renderTensor(p.subject, req, progress)
+            for channel, key in p.outputs.items():
+                images[key] = out[channel]
+        for image in images.values():
+            checkFiniteImage(image)
+        return images
+
+    def _writeOutput(self, req: _Request, image, node, name, attrs, inputs, colorID, autoWindowLevel):
+        """One DRR into ``node`` (or a new node ``name``) on the detector plane, in the display mode."""
+        image, defaultColor = self._display(image, req.displayMode)
+        return writeDRR(
+            req.scene, image, detectorIJKToRAS(req.pose, req.geometry), node, name, attrs, inputs,
+            colorID or defaultColor, autoWindowLevel,
+        )  # fmt: skip
+
+
+#: Progress spans of the engine passes (``render``, ``renderSegments``); the nodes are written after the end.
+RENDER_SPAN = (0.1, 0.95)
+SEGMENTS_SPAN = (0.1, 0.9)  # more nodes (and colour tables) to write
+
+
+@dataclass
+class _Pass:
+    """One engine render of ``subject``: channel ``c`` of it is output ``outputs[c]``."""
+
+    subject: object
+    outputs: dict
+    message: str
+    index: int = 0
+
+
+class _StageClock:
+    """Seconds per stage of a render call (``lastTimings``: validate, convert, render, output, total)."""
+
+    def __init__(self) -> None:
+        self._start = self._last = time.perf_counter()
+        self.timings: dict[str, float] = {}
+
+    def stage(self, name: str) -> dict[str, float]:
+        now = time.perf_counter()
+        self.timings[name] = now - self._last
+        self.timings["total"] = now - self._start
+        self._last = now
+        return dict(self.timings)
+
+
+def _reporter(progressCallback):
+    return progressCallback or (lambda fraction, message="": None)
 
 
 def _checkSegmentIds(segmentIds):
