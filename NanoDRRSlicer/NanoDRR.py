@@ -9,7 +9,6 @@ is installed on first use, so the module loads (and can offer to install it) on 
 import contextlib
 import enum
 import logging
-import math
 from typing import Annotated
 
 import NanoDRRLib
@@ -42,9 +41,6 @@ TORCH_REQUIREMENT = f"torch>={TORCH_MINIMUM_VERSION}"
 PIP_REQUIREMENTS = ("numba>=0.60",)
 
 
-#: Live mode: full-resolution render after the C-arm has been still this long (ms).
-LIVE_FINALIZE_DELAY_MS = 400
-
 #: Custom view layout: the 3D view (C-arm, beam, CT) and the Red slice view (the DRR) side by side.
 LAYOUT_ID = 87710
 LAYOUT_XML = """
@@ -64,30 +60,12 @@ LAYOUT_XML = """
 </layout>
 """
 
-#: Parameter groups whose change the widget reacts to (see NanoDRRWidget.onParameterNodeModified).
-POSE_KEYS = ("primaryAngle", "secondaryAngle", "sod")
-DETECTOR_KEYS = ("sdd", "rows", "columns", "delx", "dely", "x0", "y0")
-LIVE_KEYS = (
-    "inputVolume",
-    "carmTransform",
-    "outputVolume",
-    "sampling",
-    "quality",
-    "device",
-    "boneContrast",
-    "displayMode",
-    "live",
-    *DETECTOR_KEYS,
-)
-OVERLAY_KEYS = ("xrayVolume", "showOverlay", "overlayMode", "overlayBlend")
-WATCHED_KEYS = (*POSE_KEYS, *LIVE_KEYS, *OVERLAY_KEYS, "showGeometry", "segmentation")
-
 #: File dialog filter of "Load X-ray…" (what nanodrr_engine.data.xray.read_xray reads).
 XRAY_FILE_FILTER = "X-ray images (*.dcm *.DCM *.dicom *.png *.tif *.tiff *.nrrd *.nhdr);;All files (*)"
 
 
-class RenderCancelled(Exception):
-    """Raised from the progress callback when the user pressed Cancel; unwinds the running render."""
+#: Raised from a progress callback (or by the workflow after Cancel) to unwind the running render.
+RenderCancelled = NanoDRRLib.workflow.RenderCancelled
 
 
 #
@@ -202,24 +180,21 @@ class NanoDRRParameterNode:
 
 
 class NanoDRRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """GUI: binds the .ui to the parameter node and forwards actions to the logic (no computation here)."""
+    """GUI: the .ui bound to the parameter node, the parameter node bound to the logic's workflow.
+
+    ``parameterNodeWrapper`` binds the controls to the parameter node; ``NanoDRRLib.ParameterBinding`` turns
+    the node's changes into :class:`NanoDRRLib.workflow.NanoDRRWorkflow` actions and copies the workflow's
+    state back. The workflow (shared with the web app) holds every rule; this class shows its state and
+    forwards the buttons.
+    """
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
-        VTKObservationMixin.__init__(self)  # needed for parameter node and C-arm observation
+        VTKObservationMixin.__init__(self)  # needed for parameter node observation
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._lastState = {}
-        self._observedCArm = None
-        self._live = None
-        self._busy = False
-        self._cancelRequested = False
-        self._applyingPose = False
-        self._syncingPose = False
-        self._updatingLive = False
-        self._liveErrorShown = False
-        self._finalizeTimer = None
+        self._workflow = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -232,7 +207,7 @@ class NanoDRRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.logic = NanoDRRLogic()
 
-        # Detector presets come from NanoDRRLib; "detectorPreset" is kept in sync by hand.
+        # Detector presets come from NanoDRRLib; the combo shows the parameter node's "detectorPreset".
         self.ui.detectorPresetComboBox.addItem(CUSTOM_PRESET)
         for name in NanoDRRLib.DETECTOR_PRESETS:
             self.ui.detectorPresetComboBox.addItem(name)
@@ -251,19 +226,14 @@ class NanoDRRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.hide()
         self.ui.cancelButton.hide()
 
-        # Live previews are rendered at reduced resolution; this re-renders at full resolution when idle.
-        self._finalizeTimer = qt.QTimer()
-        self._finalizeTimer.setSingleShot(True)
-        self._finalizeTimer.setInterval(LIVE_FINALIZE_DELAY_MS)
-        self._finalizeTimer.connect("timeout()", self.onFinalizeTimeout)
-
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        self._stopLive()
+        self._listen(None)
+        self.logic.resetWorkflow()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -277,11 +247,11 @@ class NanoDRRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(
                 self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified
             )
-        self._observeCArm(None)
 
     def onSceneStartClose(self, caller, event) -> None:
-        self._stopLive()
         self.setParameterNode(None)
+        self._listen(None)
+        self.logic.resetWorkflow()
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
@@ -302,22 +272,25 @@ class NanoDRRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified
             )
         self._parameterNode = inputParameterNode
-        self._lastState = {}
-        self._observeCArm(None)
         if self._parameterNode:
             # Widgets carry a "SlicerParameterName" dynamic property naming their parameter.
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            # The C-arm is the source of truth for the pose (it may have moved while the module was hidden);
-            # sync before observing the parameter node so that this is not taken for a user change.
-            self._observeCArm(self._parameterNode.carmTransform)
-            self._syncPoseFromCArm()
+            # The C-arm is the source of truth for the pose (it may have moved while the module was hidden):
+            # the binding reads it back before observing the parameter node, so that is not a user change.
+            with self._displayErrors(_("Failed to restore the NanoDRR session.")):
+                self._listen(self.logic.bind(self._parameterNode))
             self.ui.segmentsTableView.setSelectedSegmentIDs(list(self._parameterNode.segmentIds))
-            self._updatePresetCombo()
-            self._lastState = self._snapshot()
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
-            if self._parameterNode.live and self._live is None:
-                self._updateLive()  # resume live rendering saved in the scene
+        self._updatePresetCombo()
         self._updateButtonStates()
+
+    def _listen(self, workflow) -> None:
+        """Follow ``workflow``'s changes (None: stop)."""
+        if self._workflow is not None:
+            self._workflow.removeListener(self.onWorkflowChanged)
+        self._workflow = workflow
+        if workflow is not None:
+            workflow.addListener(self.onWorkflowChanged)
 
     @contextlib.contextmanager
     def _displayErrors(self, message: str):
@@ -330,56 +303,46 @@ class NanoDRRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             logging.error(f"NanoDRR: {message} {e}")
 
     #
-    # Parameter node -> scene
+    # Parameter node <-> workflow
     #
 
-    def _snapshot(self) -> dict:
-        """Watched parameter values (nodes by ID), to tell which ones changed."""
-        state = {}
-        for key in WATCHED_KEYS:
-            value = getattr(self._parameterNode, key)
-            state[key] = value.GetID() if hasattr(value, "GetID") else value
-        return state
-
     def onParameterNodeModified(self, caller=None, event=None) -> None:
-        p = self._parameterNode
-        if p is None:
+        if self._parameterNode is None:
             return
-        state = self._snapshot()
-        changed = {key for key, value in state.items() if self._lastState.get(key) != value}
-        self._lastState = state  # before reacting: reactions may modify the node again (re-entrant call)
-        if "carmTransform" in changed:
-            self._observeCArm(p.carmTransform)
-            self._syncPoseFromCArm()
-        elif changed.intersection(POSE_KEYS) and not self._syncingPose:
-            self._applyPoseToCArm()
-        if changed.intersection(DETECTOR_KEYS):
-            self._updatePresetCombo()
-        if changed.intersection((*DETECTOR_KEYS, "carmTransform", "showGeometry")):
-            self._updateGeometryModel()
-        if changed.intersection(LIVE_KEYS):
-            self._updateLive()
-        if changed.intersection(OVERLAY_KEYS):
-            self._updateOverlay()
+        with self._displayErrors(_("NanoDRR could not apply the change.")):
+            self.logic.bind(
+                self._parameterNode
+            )  # the binding pulls what changed (a refused value is put back)
+        self._updatePresetCombo()
+        self._updateButtonStates()
+
+    def onWorkflowChanged(self, what: str) -> None:
+        """The workflow changed (an action, a live render, the C-arm dragged in 3D): show it."""
+        workflow = self._workflow
+        if workflow is None:
+            return
+        if what == "status":
+            self.ui.statusLabel.text = workflow.status  # live rendering failures included
+        elif what == "busy":
+            self._showBusy(workflow.busy)
+        elif what in ("drr", "overlay", "live") and not workflow.busy and workflow.live:
+            self._showResult(switchLayout=what == "live")  # live renders; the overlay follows the C-arm
         self._updateButtonStates()
 
     def _updateButtonStates(self) -> None:
-        p = self._parameterNode
+        p, workflow = self._parameterNode, self._workflow
+        busy = bool(workflow and workflow.busy)
         hasVolume = bool(p and p.inputVolume)
-        self.ui.createCArmButton.enabled = hasVolume and not self._busy
-        self.ui.renderButton.enabled = hasVolume and not self._busy
-        self.ui.liveCheckBox.enabled = hasVolume and not self._busy
+        self.ui.createCArmButton.enabled = hasVolume and not busy
+        self.ui.renderButton.enabled = hasVolume and not busy
+        self.ui.liveCheckBox.enabled = hasVolume and not busy
         hasXray = bool(p and p.xrayVolume)
-        self.ui.registerButton.enabled = hasVolume and hasXray and not self._busy
+        self.ui.registerButton.enabled = hasVolume and hasXray and not busy
         self.ui.initializeFromXrayButton.enabled = (
-            hasVolume and hasXray and not self._busy and bool(p.xrayVolume.GetAttribute("NanoDRR.sourceFile"))
+            hasVolume and hasXray and not busy and bool(p.xrayVolume.GetAttribute("NanoDRR.sourceFile"))
         )
-        self.ui.undoRegistrationButton.enabled = (
-            bool(p and p.carmTransform)
-            and not self._busy
-            and bool(p.carmTransform.GetAttribute("NanoDRR.Registration.previousRtInv"))
-        )
-        self.ui.loadXrayButton.enabled = not self._busy
+        self.ui.undoRegistrationButton.enabled = bool(workflow and workflow.canUndoRegistration) and not busy
+        self.ui.loadXrayButton.enabled = not busy
         for widget in (self.ui.overlayModeComboBox, self.ui.overlayBlendSliderWidget):
             widget.enabled = bool(p and p.showOverlay)
         # Joseph ignores the samples per ray (on an explicit GPU device the ray march runs instead);
@@ -391,62 +354,8 @@ class NanoDRRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             _("Render the DRR at full resolution.") if hasVolume else _("Select a CT volume first.")
         )
 
-    def _applyPoseToCArm(self) -> None:
-        p = self._parameterNode
-        if not (p.carmTransform and p.inputVolume):
-            return
-        self._applyingPose = True
-        try:
-            with self._displayErrors(_("Failed to move the C-arm.")):
-                self.logic.setCArmAngles(
-                    p.carmTransform,
-                    p.inputVolume,
-                    primary=p.primaryAngle,
-                    secondary=p.secondaryAngle,
-                    sod=p.sod,
-                )
-        finally:
-            self._applyingPose = False
-
-    def _observeCArm(self, carmNode) -> None:
-        if self._observedCArm is not None:
-            self.removeObserver(
-                self._observedCArm, slicer.vtkMRMLTransformNode.TransformModifiedEvent, self.onCArmModified
-            )
-        self._observedCArm = carmNode
-        if carmNode is not None:
-            self.addObserver(
-                carmNode, slicer.vtkMRMLTransformNode.TransformModifiedEvent, self.onCArmModified
-            )
-
-    def onCArmModified(self, caller=None, event=None) -> None:
-        """The C-arm moved: from the sliders (nothing to do) or its 3D handles (update the sliders)."""
-        if not self._applyingPose:
-            self._syncPoseFromCArm()
-
-    def _syncPoseFromCArm(self) -> None:
-        p = self._parameterNode
-        if not (p and p.carmTransform and p.inputVolume):
-            return
-        try:
-            primary, secondary, sod = self.logic.getCArmAngles(p.carmTransform, p.inputVolume)
-        except Exception as e:  # e.g. a transform that does not look at the volume: keep the sliders
-            logging.debug(f"NanoDRR: cannot read C-arm angles: {e}")
-            return
-        self._syncingPose = True
-        try:
-            with slicer.util.NodeModify(p):
-                p.primaryAngle = min(max(primary, -180.0), 180.0)
-                p.secondaryAngle = min(max(secondary, -90.0), 90.0)
-                p.sod = min(max(sod, 100.0), 3000.0)
-        finally:
-            self._syncingPose = False
-
     def _updatePresetCombo(self) -> None:
-        p = self._parameterNode
-        name = self.logic.matchingDetectorPreset(p) if p else ""
-        if p and p.detectorPreset != name:
-            p.detectorPreset = name
+        name = self._parameterNode.detectorPreset if self._parameterNode else ""
         index = self.ui.detectorPresetComboBox.findText(name or CUSTOM_PRESET)
         wasBlocked = self.ui.detectorPresetComboBox.blockSignals(True)
         self.ui.detectorPresetComboBox.currentIndex = max(index, 0)
@@ -455,18 +364,12 @@ class NanoDRRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onDetectorPresetActivated(self, index: int) -> None:
         name = self.ui.detectorPresetComboBox.itemText(index)
         if self._parameterNode and name in NanoDRRLib.DETECTOR_PRESETS:
-            self.logic.applyDetectorPreset(self._parameterNode, name)
+            with self._displayErrors(_("Failed to apply the detector preset.")):
+                self.logic.bind(self._parameterNode).applyPreset(name)
 
     def onSegmentSelectionChanged(self, selected=None, deselected=None) -> None:
         if self._parameterNode:
             self._parameterNode.segmentIds = list(self.ui.segmentsTableView.selectedSegmentIDs())
-
-    def _updateGeometryModel(self) -> None:
-        p = self._parameterNode
-        if not p.carmTransform or self._busy:
-            return
-        with self._displayErrors(_("Failed to show the C-arm geometry.")):
-            self.logic.updateGeometryFromParameters(p)
 
     #
     # Actions
@@ -479,23 +382,49 @@ class NanoDRRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onRenderButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to render the DRR."), waitCursor=True):
-            self._run(self.logic.renderFromParameters)
-            self._showResult()
+            if self._run(self.logic.renderFromParameters) is not None:
+                self._showResult()
 
     def _run(self, task):
-        """``task(p, progress)`` with the dependencies, a C-arm and the progress bar / Cancel; None if cancelled."""
-        self.logic.ensureDependencies()
-        p = self._parameterNode
-        if not p.carmTransform:
-            self.logic.createCArmFromParameters(p)
-        return self._runCancellable(lambda progress: task(p, progress))
+        """``task(p, progress)`` with the dependencies and the progress bar / Cancel; None if cancelled.
 
-    def _showResult(self) -> None:
+        Everything stays on the main thread (MRML is not thread-safe): the task reports progress between
+        chunks, and the callback processes pending GUI events, so the GUI stays responsive and Cancel works.
+        """
+        self.logic.ensureDependencies()
+        try:
+            result = task(self._parameterNode, self._onProgress)
+        except RenderCancelled:
+            self.ui.statusLabel.text = _("Cancelled.")
+            return None
+        self.ui.statusLabel.text = _("Done.")
+        return result
+
+    def _onProgress(self, fraction: float, message: str = "") -> None:
+        self.ui.progressBar.value = round(100.0 * min(max(fraction, 0.0), 1.0))
+        if message:
+            self.ui.statusLabel.text = message
+        slicer.app.processEvents()  # a Cancel click reaches the workflow, whose next report raises
+
+    def onCancelButton(self) -> None:
+        if self._workflow is not None:
+            self._workflow.cancel()
+
+    def _showBusy(self, busy: bool) -> None:
+        self.ui.progressBar.value = 0
+        self.ui.progressBar.visible = busy
+        self.ui.cancelButton.visible = busy
+
+    def _showResult(self, switchLayout: bool = True) -> None:
         """The DRR (or its overlay on the X-ray) in the module's layout."""
-        p = self._parameterNode
-        if p.outputVolume:
-            self.logic.showDRR(p.outputVolume, switchLayout=True, showIn3D=p.showGeometry)
-        self._updateOverlay()
+        workflow, p = self._workflow, self._parameterNode
+        if workflow is None or p is None:
+            return
+        shown = (
+            workflow.overlayNode if workflow.overlay["show"] and workflow.overlayNode else workflow.outputNode
+        )
+        if shown is not None:
+            self.logic.showDRR(shown, switchLayout=switchLayout, showIn3D=p.showGeometry)
 
     def onLoadXrayButton(self) -> None:
         path = qt.QFileDialog.getOpenFileName(
@@ -514,7 +443,6 @@ class NanoDRRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onRegisterButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Registration failed."), waitCursor=True):
-            p = self._parameterNode
             result = self._run(self.logic.registerFromParameters)
             if result is None:
                 return
@@ -526,147 +454,21 @@ class NanoDRRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 iterations=result["iterations"],
                 seconds=result["seconds"],
             )
-            self._syncPoseFromCArm()
             self._renderAfterMove()
-            p.showOverlay = True  # show the fit (a change of it updates the overlay)
+            self._parameterNode.showOverlay = True  # show the fit
 
     def onUndoRegistrationButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to undo the registration."), waitCursor=True):
-            self.logic.undoRegistration(self._parameterNode.carmTransform)
-            self._syncPoseFromCArm()
+            self.logic.undoRegistrationFromParameters(self._parameterNode)
             self.ui.similarityLabel.text = ""
             self._renderAfterMove()
         self._updateButtonStates()
 
     def _renderAfterMove(self) -> None:
-        """The DRR of the C-arm's new pose: live mode has rendered it already (restarted when not busy)."""
-        if not self._parameterNode.live:
+        """The DRR of the C-arm's new pose: live mode has rendered it already."""
+        if not self._workflow.live:
             self._run(self.logic.renderFromParameters)
         self._showResult()
-
-    def _updateOverlay(self, quiet: bool = False) -> None:
-        """Show the DRR over the X-ray in the Red view (or the DRR alone when the overlay is off).
-
-        ``quiet`` (live renders): a failure goes to the status line, not a dialog per frame.
-        """
-        p = self._parameterNode
-        if p is None or self._busy:
-            return
-        node = None
-        try:
-            node = self.logic.updateOverlayFromParameters(p)
-        except Exception as e:
-            if not quiet:
-                with self._displayErrors(_("Failed to overlay the DRR on the X-ray.")):
-                    raise
-            self.ui.statusLabel.text = _("Overlay: {error}").format(error=e)
-        shown = node if node is not None else p.outputVolume
-        if shown is not None:
-            self.logic.showDRR(shown, switchLayout=False, showIn3D=p.showGeometry)
-
-    def onCancelButton(self) -> None:
-        self._cancelRequested = True
-        self.ui.statusLabel.text = _("Cancelling…")
-
-    def _runCancellable(self, task):
-        """Run task(progressCallback) with the progress bar and Cancel shown; None if cancelled.
-
-        Everything stays on the main thread (MRML is not thread-safe): the task reports progress between
-        chunks, and the callback processes pending GUI events, so the GUI stays responsive and Cancel works.
-        """
-        self._setBusy(True)
-        try:
-            result = task(self._onProgress)
-            self.ui.statusLabel.text = _("Done.")
-            return result
-        except RenderCancelled:
-            self.ui.statusLabel.text = _("Cancelled.")
-            return None
-        finally:
-            self._setBusy(False)
-
-    def _onProgress(self, fraction: float, message: str = "") -> None:
-        self.ui.progressBar.value = round(100.0 * min(max(fraction, 0.0), 1.0))
-        if message:
-            self.ui.statusLabel.text = message
-        slicer.app.processEvents()
-        if self._cancelRequested:
-            raise RenderCancelled()
-
-    def _setBusy(self, busy: bool) -> None:
-        self._busy = busy
-        self._cancelRequested = False
-        self.ui.progressBar.value = 0
-        self.ui.progressBar.visible = busy
-        self.ui.cancelButton.visible = busy
-        if busy:
-            self._stopLive()  # no live render may run inside the long one's processEvents
-        self._updateButtonStates()
-        if not busy:
-            self._updateLive()
-
-    #
-    # Live rendering
-    #
-
-    def _stopLive(self) -> None:
-        if self._finalizeTimer is not None:
-            self._finalizeTimer.stop()
-        if self._live is not None:
-            self._live.stop()
-            self._live = None
-
-    def _updateLive(self) -> None:
-        """(Re)start live rendering with the current parameters, or stop it."""
-        if self._updatingLive:
-            return  # creating the C-arm or the output node below modifies the parameter node again
-        self._stopLive()
-        p = self._parameterNode
-        if self._busy or not (p and p.live and p.inputVolume):
-            return
-        self._updatingLive = True
-        started = False
-        try:
-            with self._displayErrors(_("Failed to start live rendering.")):
-                self.logic.ensureDependencies()
-                if not p.carmTransform:
-                    self.logic.createCArmFromParameters(p)
-                self._live = self.logic.createLiveRenderer(
-                    p,
-                    schedule=lambda callback: qt.QTimer.singleShot(0, callback),
-                    onRendered=self.onLiveRendered,
-                    onError=self.onLiveError,
-                )
-                self._live.start()  # renders once at full resolution
-                self.logic.showDRR(p.outputVolume, switchLayout=True, showIn3D=p.showGeometry)
-                started = True
-        finally:
-            self._updatingLive = False
-        if not started:
-            self._stopLive()
-            p.live = False
-
-    def onLiveRendered(self, *args) -> None:
-        if self._live is not None and self._live.lastError is None and self._liveErrorShown:
-            self.ui.statusLabel.text = ""  # the failure is over
-            self._liveErrorShown = False
-        p = self._parameterNode
-        if p and p.outputVolume:
-            if p.showOverlay and p.xrayVolume:
-                self._updateOverlay(quiet=True)  # the overlay follows the C-arm while it is dragged
-            else:
-                self.logic.showDRR(p.outputVolume, switchLayout=False, showIn3D=p.showGeometry)
-        if self._live is not None and self._live.isPreview:
-            self._finalizeTimer.start()  # full resolution once the C-arm has been still for a moment
-
-    def onLiveError(self, error) -> None:
-        """A live render failed (the controller logs it and keeps it in lastError): show it."""
-        self.ui.statusLabel.text = _("Live rendering: {error}").format(error=error)
-        self._liveErrorShown = True
-
-    def onFinalizeTimeout(self) -> None:
-        if self._live is not None and not self._busy:
-            self._live.finalize()
 
 
 #
@@ -674,23 +476,96 @@ class NanoDRRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 #
 
 
-class NanoDRRLogic(ScriptedLoadableModuleLogic, NanoDRRLib.NanoDRRLogic):
-    """NanoDRRLib's headless logic plus what needs Slicer's application: parameter node, dependencies, views.
+def _qtSchedule(callback, delaySeconds: float) -> None:
+    """The workflow's scheduling hook on Qt's event loop."""
+    qt.QTimer.singleShot(round(1000.0 * delaySeconds), callback)
 
-    All rendering, C-arm and geometry methods (render, renderSegments, createCArmTransform, setCArmAngles,
-    getCArmAngles, updateGeometryModel) come from ``NanoDRRLib.NanoDRRLogic``.
+
+class NanoDRRLogic(ScriptedLoadableModuleLogic):
+    """The module's logic: NanoDRRLib's headless logic and one workflow, composed, bound to the parameter node.
+
+    - ``self.headless`` (``NanoDRRLib.NanoDRRLogic``): nodes in, DRR nodes out. Its public methods
+      (:data:`HEADLESS_API`: render, renderSegments, createCArmTransform, setCArmAngles, registerCArm, …) are
+      also this object's, for scripts (``slicer.util.getModuleLogic("NanoDRR").render(...)``).
+    - :meth:`workflow` (``NanoDRRLib.workflow.NanoDRRWorkflow``, shared with the web app): the session's
+      state and actions; :meth:`bind` binds it to a parameter node. The ``...FromParameters`` methods
+      are that workflow's actions on the parameter node's values.
+    - What needs Slicer's application: the parameter node, installing dependencies, the view layout.
     """
+
+    #: The headless logic's methods this logic offers as its own.
+    HEADLESS_API = (
+        "render", "renderSegments", "createCArmTransform", "setCArmAngles", "getCArmAngles", "isocenter",
+        "updateGeometryModel", "registerCArm", "undoRegistration", "loadXray", "initializeFromXray",
+        "updateOverlay", "generateDataset", "clearCache", "conversionCount", "labelConversionCount",
+        "lastTimings", "lastRenderPasses",
+    )  # fmt: skip
 
     #: Checked once per Slicer session (class attributes: shared by every logic instance).
     _dependenciesReady = False
     _installDeclined = False
 
     def __init__(self) -> None:
-        # ScriptedLoadableModuleLogic.__init__ calls super().__init__(), which runs NanoDRRLib.NanoDRRLogic's.
         ScriptedLoadableModuleLogic.__init__(self)
+        self.headless = NanoDRRLib.NanoDRRLogic()
+        self._workflow = None
+        self._binding = None
+
+    def __getattr__(self, name: str):
+        if name in NanoDRRLogic.HEADLESS_API and "headless" in self.__dict__:
+            return getattr(self.__dict__["headless"], name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __dir__(self):
+        return sorted(set(super().__dir__()) | set(self.HEADLESS_API))
 
     def getParameterNode(self) -> NanoDRRParameterNode:
         return NanoDRRParameterNode(super().getParameterNode())
+
+    #
+    # The workflow
+    #
+
+    def workflow(self) -> "NanoDRRLib.workflow.NanoDRRWorkflow":
+        """The session's workflow on ``slicer.mrmlScene`` (made on first use; live finalizing on Qt's loop).
+
+        Replaced X-rays stay in the scene (they are the user's nodes).
+        """
+        if self._workflow is None or self._workflow.scene is not slicer.mrmlScene:
+            self.resetWorkflow()
+            self._workflow = NanoDRRLib.workflow.NanoDRRWorkflow(
+                slicer.mrmlScene, self.headless, schedule=_qtSchedule, removeReplacedXrays=False
+            )
+        return self._workflow
+
+    def bind(self, p) -> "NanoDRRLib.workflow.NanoDRRWorkflow":
+        """The workflow bound to parameter node ``p``, with ``p``'s changes since the last call applied.
+
+        Raises the workflow's NanoDRRError for a refused value (put back in ``p``; the rest applied).
+        """
+
+        def node(wrapper):  # the wrappers of one parameter node are one session
+            return getattr(wrapper, "parameterNode", None) or wrapper
+
+        b = self._binding
+        if b is None or node(b.parameters) is not node(p) or b.workflow is not self._workflow:
+            if b is not None:
+                b.close()
+            self._binding = None
+            self._binding = NanoDRRLib.parameters.ParameterBinding(self.workflow(), p)
+        else:
+            b.parameters = p
+            b.pull()
+        return self._binding.workflow
+
+    def resetWorkflow(self) -> None:
+        """Stop the session (live mode, observers); its nodes stay. The next :meth:`workflow` starts afresh."""
+        if self._binding is not None:
+            self._binding.close()
+            self._binding = None
+        if self._workflow is not None:
+            self._workflow.close()
+            self._workflow = None
 
     #
     # Dependencies
@@ -771,229 +646,42 @@ class NanoDRRLogic(ScriptedLoadableModuleLogic, NanoDRRLib.NanoDRRLogic):
         NanoDRRLogic._dependenciesReady = True
 
     #
-    # Parameter node -> NanoDRRLib arguments
-    #
-
-    @staticmethod
-    def geometryFromParameters(p) -> "NanoDRRLib.CArmGeometry":
-        return NanoDRRLib.CArmGeometry(
-            sdd=p.sdd, height=p.rows, width=p.columns, delx=p.delx, dely=p.dely, x0=p.x0, y0=p.y0
-        )
-
-    @staticmethod
-    def deviceFromParameters(p):
-        return None if p.device == "auto" else p.device
-
-    @staticmethod
-    def methodFromParameters(p) -> str:
-        """NanoDRRLib's ``method`` ("joseph" or "raymarch") for the parameter node's sampling.
-
-        Joseph's fast kernels are CPU ones (bilinear plane reads, 16-bit codes); on a GPU the engine runs
-        Joseph's samples through the Triton ray march, so the GUI renders its native ray march there.
-        """
-        method = SamplingMethod(p.sampling).value
-        if method == "joseph" and p.device != "cpu":
-            from NanoDRRLib import resolveDevice
-
-            if resolveDevice(NanoDRRLogic.deviceFromParameters(p)).type != "cpu":
-                return "raymarch"
-        return method
-
-    @staticmethod
-    def muBoneFromParameters(p):
-        """μ_bone (1/mm) for the bone-contrast scale; None keeps the engine's physical default."""
-        if abs(p.boneContrast - 1.0) < 1e-9:
-            return None
-        from nanodrr_engine.data.preprocess import MU_BONE
-
-        return MU_BONE * p.boneContrast
-
-    @staticmethod
-    def matchingDetectorPreset(p) -> str:
-        """Name of the first preset equal to the current detector, "" if none."""
-        for name, preset in NanoDRRLib.DETECTOR_PRESETS.items():
-            if (
-                int(preset["height"]) == p.rows
-                and int(preset["width"]) == p.columns
-                and math.isclose(float(preset["delx"]), p.delx, rel_tol=1e-6)
-                and math.isclose(float(preset["dely"]), p.dely, rel_tol=1e-6)
-                and math.isclose(float(preset["sdd"]), p.sdd, rel_tol=1e-6)
-            ):
-                return name
-        return ""
-
-    @staticmethod
-    def applyDetectorPreset(p, name: str) -> None:
-        if name not in NanoDRRLib.DETECTOR_PRESETS:
-            raise NanoDRRLib.NanoDRRError(
-                f"Unknown detector preset {name!r}; known: {', '.join(NanoDRRLib.DETECTOR_PRESETS)}"
-            )
-        preset = NanoDRRLib.DETECTOR_PRESETS[name]
-        with slicer.util.NodeModify(p):
-            p.rows = int(preset["height"])
-            p.columns = int(preset["width"])
-            p.delx = float(preset["delx"])
-            p.dely = float(preset["dely"])
-            p.sdd = float(preset["sdd"])
-            p.detectorPreset = name
-
-    #
-    # Actions driven by the parameter node
+    # Actions on the parameter node (the workflow's)
     #
 
     def createCArmFromParameters(self, p):
-        """C-arm transform at the isocenter of the CT with the parameter node's angles; stored in p."""
+        """The C-arm at the CT's centre with the parameter node's angles, handles and geometry model."""
         if not p.inputVolume:
             raise NanoDRRLib.NanoDRRError("Select a CT volume before creating the C-arm.")
-        carm = self.createCArmTransform(p.inputVolume, sod=p.sod)
-        self.setCArmAngles(carm, p.inputVolume, primary=p.primaryAngle, secondary=p.secondaryAngle, sod=p.sod)
-        self.enableCArmInteraction(carm, p.inputVolume)
-        p.carmTransform = carm
-        return carm
-
-    @staticmethod
-    def enableCArmInteraction(carmNode, volumeNode) -> None:
-        """Rotation handles in 3D that orbit the C-arm about the volume isocenter (no translation)."""
-        carmNode.CreateDefaultDisplayNodes()
-        displayNode = carmNode.GetDisplayNode()
-        displayNode.SetEditorVisibility(True)
-        displayNode.SetEditorTranslationEnabled(False)
-        displayNode.SetEditorScalingEnabled(False)
-        displayNode.SetEditorRotationEnabled(True)
-        # The centre of transformation is expressed in the transform's local (camera) frame.
-        centerWorld = NanoDRRLogic.volumeCenterWorld(volumeNode)
-        worldToCArm = vtk.vtkMatrix4x4()
-        carmNode.GetMatrixTransformFromWorld(worldToCArm)
-        center = worldToCArm.MultiplyPoint([*centerWorld, 1.0])
-        carmNode.SetCenterOfTransformation(center[0], center[1], center[2])
-
-    @staticmethod
-    def volumeCenterWorld(volumeNode) -> list:
-        """World (RAS) position of the centre of the voxel grid, parent transforms included."""
-        dims = volumeNode.GetImageData().GetDimensions()
-        ijkToWorld = NanoDRRLogic.ijkToWorldMatrix(volumeNode)
-        point = ijkToWorld.MultiplyPoint([(dims[0] - 1) / 2.0, (dims[1] - 1) / 2.0, (dims[2] - 1) / 2.0, 1.0])
-        return list(point[:3])
-
-    @staticmethod
-    def ijkToWorldMatrix(volumeNode) -> vtk.vtkMatrix4x4:
-        """IJKToRAS composed with the (linear) parent transform's to-world matrix."""
-        ijkToWorld = vtk.vtkMatrix4x4()
-        volumeNode.GetIJKToRASMatrix(ijkToWorld)
-        parent = volumeNode.GetParentTransformNode()
-        if parent is not None:
-            parentToWorld = vtk.vtkMatrix4x4()
-            if not parent.GetMatrixTransformToWorld(parentToWorld):
-                raise NanoDRRLib.NanoDRRError(
-                    f"Volume {volumeNode.GetName()!r} is under a non-linear transform; harden it first."
-                )
-            vtk.vtkMatrix4x4.Multiply4x4(parentToWorld, ijkToWorld, ijkToWorld)
-        return ijkToWorld
-
-    @staticmethod
-    def segmentIdsToRender(p) -> list:
-        """The selected segments that still exist; if none is selected, the visible segments."""
-        segmentation = p.segmentation.GetSegmentation()
-        allIds = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
-        selected = [segmentId for segmentId in p.segmentIds if segmentId in allIds]
-        if selected:
-            return selected
-        display = p.segmentation.GetDisplayNode()
-        return [sid for sid in allIds if display is None or display.GetSegmentVisibility(sid)]
+        return self.bind(p).createCArm()
 
     def renderFromParameters(self, p, progressCallback=None):
         """Render the DRR, and per-segment DRRs if asked, into the scene; returns (drr, segmentDRRs).
 
-        progressCallback(fraction, message) runs between stages and may raise RenderCancelled; the
-        logic writes no node before its last stage, so a cancelled render leaves the scene unchanged.
-        Segment DRRs of a previous render are overwritten in place.
+        progressCallback(fraction, message) runs between stages and may raise RenderCancelled (as does the
+        workflow's cancel); the logic writes no node before its last stage, so a cancelled render leaves the
+        scene unchanged and raises RenderCancelled. Segment DRRs of a previous render are overwritten in place.
         """
         if not p.inputVolume:
             raise NanoDRRLib.NanoDRRError("Select a CT volume to render.")
-        if not p.carmTransform:
-            raise NanoDRRLib.NanoDRRError("Create or select a C-arm transform to render from.")
-        geometry = self.geometryFromParameters(p)
-        segmentIds = self.segmentIdsToRender(p) if (p.renderSegments and p.segmentation) else []
-        share = 1.0 / (1 + bool(segmentIds))
-        options = {"nSamples": p.quality, "device": self.deviceFromParameters(p)}
-        options.update(muBone=self.muBoneFromParameters(p), displayMode=p.displayMode)
-        options["method"] = self.methodFromParameters(p)
-
-        def report(offset, message):
-            def callback(fraction, detail=""):
-                if progressCallback is not None:
-                    progressCallback(offset + share * fraction, detail or message)
-
-            return callback
-
-        drr = self.render(
-            p.inputVolume,
-            p.carmTransform,
-            geometry,
-            outputNode=p.outputVolume,
-            progressCallback=report(0.0, _("Rendering DRR…")),
-            **options,
-        )
-        if p.outputVolume is not drr:
-            p.outputVolume = drr
-
-        parts = {}
-        if segmentIds:
-            explicit = any(sid in segmentIds for sid in p.segmentIds)
-            previous = self.segmentDRRs(drr)
-            # One call renders every segment: non-overlapping segments share one labelmap pass.
-            # Unselected (visible-by-default) segments that are empty are skipped by the logic.
-            parts = self.renderSegments(
-                p.inputVolume,
-                p.carmTransform,
-                geometry,
-                p.segmentation,
-                segmentIds=segmentIds if explicit else None,
-                outputNodes={sid: previous[sid] for sid in segmentIds if sid in previous},
-                progressCallback=report(
-                    share, _("Rendering {count} segments…").format(count=len(segmentIds))
-                ),
-                **options,
-            )
-            for segmentId, node in parts.items():
-                # A node reference, not an ID attribute: MRML renames references when an import renames IDs.
-                node.SetNodeReferenceID("NanoDRR.SegmentDRROf", drr.GetID())
-                node.RemoveAttribute("NanoDRR.SegmentDRROf")  # written by older versions
-                node.SetAttribute("NanoDRR.SegmentID", segmentId)
-            for segmentId, node in previous.items():  # segments no longer rendered
-                if segmentId not in parts:
-                    node.GetScene().RemoveNode(node)
+        workflow = self.bind(p)
+        result = workflow.render(progress=progressCallback)
+        if result is None:
+            raise RenderCancelled()
+        workflow.updateOverlay()  # when shown: the overlay of the new DRR
         if progressCallback is not None:
             progressCallback(1.0, _("Done."))
+        drr, parts = result
         return drr, list(parts.values())
 
     @staticmethod
     def segmentDRRs(drrNode) -> dict:
         """{segmentId: node} of the per-segment DRRs a previous render made for this DRR."""
-        scene = drrNode.GetScene()  # (slicer.util.getNodesByClass ignores its scene argument)
-        cls = "vtkMRMLScalarVolumeNode"
-        nodes = (scene.GetNthNodeByClass(i, cls) for i in range(scene.GetNumberOfNodesByClass(cls)))
-        return {
-            node.GetAttribute("NanoDRR.SegmentID"): node
-            for node in nodes
-            if node.GetNodeReferenceID("NanoDRR.SegmentDRROf") == drrNode.GetID()
-        }
-
-    #
-    # Registration
-    #
+        return NanoDRRLib.workflow.segmentDRRsOf(drrNode)
 
     def loadXrayFromParameters(self, p, path):
-        """Read an X-ray file into a new node, select it; its DICOM tags set the detector and the C-arm."""
-        node, geometry, carm = self.loadXray(slicer.mrmlScene, path, p.inputVolume)
-        with slicer.util.NodeModify(p):
-            p.xrayVolume = node
-            if geometry is not None:
-                self.setDetectorParameters(p, geometry)
-            if carm is not None:
-                self.enableCArmInteraction(carm, p.inputVolume)
-                p.carmTransform = carm
-        return node
+        """Read an X-ray file into a new node and select it; a DICOM's tags set the detector and the C-arm."""
+        return self.bind(p).loadXray(path)
 
     def initializeFromXrayParameters(self, p) -> None:
         """Detector and C-arm pose from the selected X-ray's DICOM tags (the C-arm is created if needed)."""
@@ -1001,97 +689,39 @@ class NanoDRRLogic(ScriptedLoadableModuleLogic, NanoDRRLib.NanoDRRLogic):
             raise NanoDRRLib.NanoDRRError("Select a CT volume first.")
         if not p.xrayVolume:
             raise NanoDRRLib.NanoDRRError("Select the X-ray to initialize from.")
-        carm = p.carmTransform or self.createCArmFromParameters(p)
-        geometry, (primary, secondary, sod) = self.initializeFromXray(p.xrayVolume, p.inputVolume, carm)
-        with slicer.util.NodeModify(p):
-            self.setDetectorParameters(p, geometry)
-            p.primaryAngle, p.secondaryAngle, p.sod = primary, secondary, sod
-
-    @staticmethod
-    def setDetectorParameters(p, geometry) -> None:
-        p.rows, p.columns = int(geometry.height), int(geometry.width)
-        p.delx, p.dely, p.sdd = float(geometry.delx), float(geometry.dely), float(geometry.sdd)
-        p.x0, p.y0 = float(geometry.x0), float(geometry.y0)
+        self.bind(p).initializeFromXray()
 
     def registerFromParameters(self, p, progressCallback=None) -> dict:
-        """Register the selected X-ray: moves the C-arm (undoable); see NanoDRRLib.registerCArm."""
+        """Register the selected X-ray: moves the C-arm (undoable); see NanoDRRLib.registerCArm.
+        Raises RenderCancelled when cancelled (the C-arm stays where it was)."""
         if not (p.inputVolume and p.carmTransform and p.xrayVolume):
             raise NanoDRRLib.NanoDRRError("Registration needs a CT volume, a C-arm and an X-ray.")
-        method = self.methodFromParameters(p)
-        return self.registerCArm(
-            p.inputVolume,
-            p.carmTransform,
-            p.xrayVolume,
-            self.geometryFromParameters(p),
-            device=self.deviceFromParameters(p),
-            method=method,
-            nSamples=p.quality,
-            progressCallback=progressCallback,
+        workflow = self.bind(p)
+        s = workflow.settings
+        result = workflow.register(
+            progress=progressCallback,
+            method=workflow.method(),
+            nSamples=s.nSamples,
+            device=workflow._device(),
         )
+        if result is None:
+            raise RenderCancelled()
+        return result
+
+    def undoRegistrationFromParameters(self, p) -> None:
+        """Put the C-arm back where the last registration found it."""
+        self.bind(p).undoRegistration()
 
     def updateOverlayFromParameters(self, p):
         """Write the DRR-over-X-ray node when the overlay is on (None otherwise or without a DRR)."""
-        if not (p.showOverlay and p.xrayVolume and p.outputVolume and p.outputVolume.GetImageData()):
-            return None
-        node = self.updateOverlay(
-            p.outputVolume,
-            p.xrayVolume,
-            self.geometryFromParameters(p),
-            mode=p.overlayMode,
-            blend=p.overlayBlend,
-            overlayNode=p.overlayVolume,
-        )
-        if p.overlayVolume is not node:
-            p.overlayVolume = node
-        return node
-
-    def createLiveRenderer(self, p, schedule, onRendered=None, onError=None):
-        """A NanoDRRLib.LiveRenderController for the parameter node's inputs (not started)."""
-        if not (p.inputVolume and p.carmTransform):
-            raise NanoDRRLib.NanoDRRError("Live rendering needs a CT volume and a C-arm transform.")
-        if not p.outputVolume:
-            p.outputVolume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "DRR")
-        optional = {
-            "muBone": self.muBoneFromParameters(p),
-            "displayMode": p.displayMode,
-            "method": self.methodFromParameters(p),
-        }
-        return NanoDRRLib.LiveRenderController(
-            self,
-            p.inputVolume,
-            p.carmTransform,
-            self.geometryFromParameters(p),
-            outputNode=p.outputVolume,
-            segmentationNode=None,
-            nSamples=p.quality,
-            device=self.deviceFromParameters(p),
-            previewScale=0.5,
-            schedule=schedule,
-            onRendered=onRendered,
-            onError=onError,
-            **optional,
-        )
-
-    def updateGeometryFromParameters(self, p) -> None:
-        """Create/update the source-beam-detector model under the C-arm and show or hide it."""
-        if p.showGeometry:
-            model = self.updateGeometryModel(
-                p.carmTransform, self.geometryFromParameters(p), modelNode=p.geometryModel
-            )
-            if model is not None and p.geometryModel is not model:
-                p.geometryModel = model
-        if p.geometryModel:
-            p.geometryModel.SetDisplayVisibility(p.showGeometry)
-        if p.carmTransform and p.carmTransform.GetDisplayNode():
-            p.carmTransform.GetDisplayNode().SetEditorVisibility(p.showGeometry)
-        self.showDRRIn3D(p.outputVolume, p.showGeometry)
+        return self.bind(p).updateOverlay()
 
     #
-    # Views
+    # Views (Slicer's layout; the MRML part is NanoDRRLib.views, shared with the web app)
     #
 
     def showDRR(self, drrNode, switchLayout: bool = True, showIn3D: bool = True) -> None:
-        """Show the DRR in the Red slice view (conventional display, see alignSliceToImage), 3D + Red side by side."""
+        """Show the DRR in the Red slice view as a radiograph is displayed, 3D + Red side by side."""
         layoutManager = slicer.app.layoutManager()
         if layoutManager is None:
             return  # no views (running without a main window)
@@ -1104,50 +734,10 @@ class NanoDRRLogic(ScriptedLoadableModuleLogic, NanoDRRLib.NanoDRRLogic):
         sliceWidget = layoutManager.sliceWidget("Red")
         if sliceWidget is None or drrNode is None or drrNode.GetImageData() is None:
             return
-        compositeNode = sliceWidget.mrmlSliceCompositeNode()
-        compositeNode.SetBackgroundVolumeID(drrNode.GetID())
-        compositeNode.SetForegroundVolumeID(None)
-        compositeNode.SetLabelVolumeID(None)
-        sliceNode = sliceWidget.mrmlSliceNode()
-        self.alignSliceToImage(sliceNode, drrNode)
-        sliceNode.SetSliceVisible(showIn3D)
+        NanoDRRLib.views.showDRRInSlice(
+            sliceWidget.mrmlSliceNode(), sliceWidget.mrmlSliceCompositeNode(), drrNode, showIn3D
+        )
         sliceWidget.fitSliceToBackground()
-
-    @staticmethod
-    def showDRRIn3D(drrNode, visible: bool) -> None:
-        """Show or hide the Red slice (on the detector plane) in 3D, if it shows this DRR."""
-        layoutManager = slicer.app.layoutManager()
-        sliceWidget = layoutManager.sliceWidget("Red") if layoutManager is not None else None
-        if sliceWidget is None or drrNode is None:
-            return
-        if sliceWidget.mrmlSliceCompositeNode().GetBackgroundVolumeID() == drrNode.GetID():
-            sliceWidget.mrmlSliceNode().SetSliceVisible(visible)
-
-    @staticmethod
-    def alignSliceToImage(sliceNode, volumeNode) -> None:
-        """Put the slice plane on a single-slice image, seen as a radiograph is conventionally displayed.
-
-        The viewer sits beyond the detector looking back at the source (as in the 3D view, where the DRR
-        lies on the detector): row 0 at the top and, since the image's columns run along camera x as seen
-        from the source, column 0 on the right. The slice normal i × j is the beam direction.
-        """
-        ijkToWorld = NanoDRRLogic.ijkToWorldMatrix(volumeNode)
-        dims = volumeNode.GetImageData().GetDimensions()
-        axisX = [-ijkToWorld.GetElement(r, 0) for r in range(3)]  # columns run right to left
-        axisY = [-ijkToWorld.GetElement(r, 1) for r in range(3)]  # rows run down the screen
-        vtk.vtkMath.Normalize(axisX)
-        vtk.vtkMath.Normalize(axisY)
-        normal = [0.0, 0.0, 0.0]
-        vtk.vtkMath.Cross(axisX, axisY, normal)
-        center = ijkToWorld.MultiplyPoint([(dims[0] - 1) / 2.0, (dims[1] - 1) / 2.0, 0.0, 1.0])
-        sliceToRAS = vtk.vtkMatrix4x4()
-        for r in range(3):
-            sliceToRAS.SetElement(r, 0, axisX[r])
-            sliceToRAS.SetElement(r, 1, axisY[r])
-            sliceToRAS.SetElement(r, 2, normal[r])
-            sliceToRAS.SetElement(r, 3, center[r])
-        sliceNode.GetSliceToRAS().DeepCopy(sliceToRAS)
-        sliceNode.UpdateMatrices()
 
 
 #
@@ -1220,7 +810,7 @@ class NanoDRRTest(ScriptedLoadableModuleTest):
         """World position of every pixel centre of a single-slice DRR node, [H, W, 3]."""
         import numpy as np
 
-        ijkToWorld = slicer.util.arrayFromVTKMatrix(NanoDRRLogic.ijkToWorldMatrix(drrNode))
+        ijkToWorld = NanoDRRLib.conversion.volumeToWorld(drrNode)  # IJK → world, parent transforms included
         _, height, width = slicer.util.arrayFromVolume(drrNode).shape
         jj, ii = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
         ijk = np.stack([ii, jj, np.zeros_like(ii), np.ones_like(ii)], axis=-1).astype(np.float64)
@@ -1249,7 +839,7 @@ class NanoDRRTest(ScriptedLoadableModuleTest):
 
         # Geometry: the image centre lies on the beam axis at distance SDD from the source.
         source = self._sourceWorld(carm)
-        isocenter = np.asarray(NanoDRRLogic.volumeCenterWorld(volumeNode))
+        isocenter = NanoDRRLib.isocenter(volumeNode)
         pixels = self._pixelCentersWorld(drr)
         centre = pixels[
             self.HEIGHT // 2 - 1 : self.HEIGHT // 2 + 1, self.WIDTH // 2 - 1 : self.WIDTH // 2 + 1
@@ -1290,7 +880,7 @@ class NanoDRRTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Clinical C-arm angles")
         logic = self._logic()
         volumeNode, _labels, _phantom = self._phantomVolume()
-        isocenter = np.asarray(NanoDRRLogic.volumeCenterWorld(volumeNode))
+        isocenter = NanoDRRLib.isocenter(volumeNode)
         carm = logic.createCArmTransform(volumeNode, sod=self.SOD)
         table = {  # (primary, secondary): (source - isocenter) / SOD in RAS
             (0.0, 0.0): (0.0, -1.0, 0.0),
@@ -1495,16 +1085,17 @@ class NanoDRRTest(ScriptedLoadableModuleTest):
         self.assertAlmostEqual(primary, 60.0, places=4)
 
         p.live = True
-        self.assertIsNotNone(widget._live)
-        count = widget._live.renderCount
+        workflow = widget.logic.workflow()
+        self.assertTrue(workflow.live)
+        count = workflow.renderCount
         p.primaryAngle = 70.0
         for _attempt in range(20):
             slicer.app.processEvents()
-            if widget._live.renderCount > count:
+            if workflow.renderCount > count:
                 break
-        self.assertGreater(widget._live.renderCount, count)
+        self.assertGreater(workflow.renderCount, count)
         p.live = False
-        self.assertIsNone(widget._live)
+        self.assertFalse(workflow.live)
         self.delayDisplay("Test passed")
 
     def test_NanoDRR_widget_registration(self):

@@ -324,9 +324,9 @@ class StateBinding:
                     self._onInputs(w.volumeNode)
                 if dirty & {"drr", "carm", "overlay", "xray"} and not w.busy:
                     shown = None
-                    if "drr" in dirty and w.overlay["show"] and w.xrayNode is not None:
+                    if "drr" in dirty and w.overlay["show"] and w.xrayNode is not None and not w.live:
                         try:
-                            w.updateOverlay()  # the overlay follows the DRR (live ones too)
+                            w.updateOverlay()  # the overlay follows the DRR (live ones: the workflow did)
                         except NanoDRRError as e:  # e.g. a detector that no longer fits the X-ray
                             self.showError(e)
                             shown = w.outputNode

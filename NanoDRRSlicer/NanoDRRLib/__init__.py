@@ -13,12 +13,20 @@ from .logic import NanoDRRLogic, resolveDevice
 from .output import conventionalDisplayArray, detectorIJKToRAS, geometryFromNode, readAttributes
 from .scene_io import loadScene, loadSegmentation, loadVolume, readStructureNames, saveScene
 
+# isort: split
+# The session layer, on top of the above: the workflow, its parameter-node binding, the views.
+from . import parameters, views, workflow  # noqa: F401 (NanoDRRLib.workflow, … for the module)
+from .parameters import ParameterBinding
+from .workflow import NanoDRRWorkflow
+
 __all__ = [
     "DETECTOR_PRESETS",
     "CArmGeometry",
     "LiveRenderController",
     "NanoDRRError",
     "NanoDRRLogic",
+    "NanoDRRWorkflow",
+    "ParameterBinding",
     "conventionalDisplayArray",
     "detectorIJKToRAS",
     "geometryFromNode",

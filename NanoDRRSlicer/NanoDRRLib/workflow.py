@@ -42,7 +42,7 @@ from .errors import NanoDRRError
 from .geometry import DETECTOR_PRESETS, CArmGeometry, checkNumber
 from .live import LiveRenderController
 from .logic import METHODS, NanoDRRLogic, resolveDevice
-from .output import DISPLAY_MODES
+from .output import DISPLAY_MODES, checkOutputNode
 from .segments import checkSegmentationNode
 
 #: What ``onChange`` listeners are told changed.
@@ -50,6 +50,8 @@ CHANGES = (
     "inputs", "carm", "pose", "detector", "settings", "drr", "segments", "live", "busy", "status", "xray",
     "overlay",
 )  # fmt: skip
+#: The node reference from a per-segment DRR to the DRR it was rendered with.
+SEGMENT_DRR_REFERENCE = "NanoDRR.SegmentDRROf"
 #: How the DRR is shown over the X-ray (NanoDRRLib.overlay).
 OVERLAY_MODES = ("blend", "edges", "checkerboard")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -59,6 +61,19 @@ DEFAULT_SOD = 850.0
 LIVE_FINALIZE_DELAY = 0.4
 #: Live previews keep at most this many detector pixels (the full detector when it is smaller).
 LIVE_PREVIEW_PIXELS = 256 * 256
+
+
+def segmentDRRsOf(drrNode) -> dict:
+    """``{segmentId: node}`` of the per-segment DRRs rendered with ``drrNode`` (empty for None)."""
+    if drrNode is None or drrNode.GetScene() is None:
+        return {}
+    scene, cls = drrNode.GetScene(), "vtkMRMLScalarVolumeNode"
+    nodes = (scene.GetNthNodeByClass(i, cls) for i in range(scene.GetNumberOfNodesByClass(cls)))
+    return {
+        node.GetAttribute("NanoDRR.SegmentID"): node
+        for node in nodes
+        if node.GetNodeReferenceID(SEGMENT_DRR_REFERENCE) == drrNode.GetID()
+    }
 
 
 class RenderCancelled(Exception):
@@ -159,6 +174,7 @@ class NanoDRRWorkflow:
         schedule: Callable[[Callable[[], object], float], object] | None = None,
         finalizeDelay: float = LIVE_FINALIZE_DELAY,
         previewPixels: int = LIVE_PREVIEW_PIXELS,
+        removeReplacedXrays: bool = True,
     ) -> None:
         if scene is None or not hasattr(scene, "IsA") or not scene.IsA("vtkMRMLScene"):
             raise NanoDRRError(f"scene: expected a vtkMRMLScene, got {type(scene).__name__}")
@@ -169,6 +185,10 @@ class NanoDRRWorkflow:
         self._schedule = schedule
         self.finalizeDelay = checkNumber(finalizeDelay, "finalizeDelay", minimum=0.0, unit="seconds")
         self.previewPixels = checkNumber(previewPixels, "previewPixels", positive=True, integer=True)
+        if not isinstance(removeReplacedXrays, bool):
+            raise NanoDRRError(f"removeReplacedXrays: expected True or False, got {removeReplacedXrays!r}")
+        self.removeReplacedXrays = removeReplacedXrays
+        self._loadedXray = None  # the X-ray node this workflow made (loadXray / xrayFromDrr)
         self.volumeNode = None
         self.segmentationNode = None
         self.segmentIds: list[str] = []
@@ -233,7 +253,17 @@ class NanoDRRWorkflow:
 
     def setInputs(self, volumeNode, segmentationNode=None) -> None:
         """Select the CT (and optionally its segmentation). A C-arm already placed keeps its angles about
-        the new CT's centre; segment DRRs of the previous inputs are left in the scene."""
+        the new CT's centre; segment DRRs of the previous inputs are left in the scene. ``None``: no CT
+        (live mode stops)."""
+        if volumeNode is None:
+            if segmentationNode is not None:
+                raise NanoDRRError("segmentationNode: select a CT volume with it")
+            self._liveWanted = False
+            self._stopLive()
+            self.volumeNode = self.segmentationNode = None
+            self.segmentIds, self.segmentOutputs, self.renderSegments = [], {}, False
+            self._changed("inputs", "segments", "live")
+            return
         checkVolumeNode(volumeNode)
         if volumeNode.GetScene() is not self.scene:
             raise NanoDRRError(f"volumeNode {nodeLabel(volumeNode)}: is not in the workflow's scene")
@@ -303,7 +333,15 @@ class NanoDRRWorkflow:
         return self.createCArm()
 
     def setCArmNode(self, carmNode) -> None:
-        """Use an existing linear transform as the C-arm (its pose is read from it)."""
+        """Use an existing linear transform as the C-arm (its pose is read from it); None: no C-arm (live
+        mode stops; the node stays in the scene)."""
+        if carmNode is None:
+            self._liveWanted = False
+            self._stopLive()
+            self._observeCArm(None)
+            self.carmNode = self.geometryModel = None
+            self._changed("carm", "live")
+            return
         checkLinearTransformNode(carmNode)
         if carmNode.GetScene() is not self.scene:
             raise NanoDRRError(f"carmNode {nodeLabel(carmNode)}: is not in the workflow's scene")
@@ -519,12 +557,18 @@ class NanoDRRWorkflow:
 
     def _renderSegments(self, progressCallback, options) -> dict:
         ids = list(self.segmentIds) or None
-        previous = {sid: n for sid, n in self.segmentOutputs.items() if n.GetScene() is self.scene}
+        previous = segmentDRRsOf(self.outputNode)
+        previous.update({sid: n for sid, n in self.segmentOutputs.items() if n.GetScene() is self.scene})
         parts = self.logic.renderSegments(
             self.volumeNode, self.carmNode, self.geometry, self.segmentationNode, segmentIds=ids,
             outputNodes={sid: n for sid, n in previous.items() if ids is None or sid in ids},
             progressCallback=progressCallback, **options,
         )  # fmt: skip
+        for sid, node in parts.items():
+            # a node reference, not an ID attribute: MRML renames references when an import renames IDs
+            node.SetNodeReferenceID(SEGMENT_DRR_REFERENCE, self.outputNode.GetID())
+            node.RemoveAttribute(SEGMENT_DRR_REFERENCE)  # written by older versions
+            node.SetAttribute("NanoDRR.SegmentID", sid)
         for sid, node in previous.items():
             if sid not in parts:
                 self.scene.RemoveNode(node)
@@ -538,6 +582,18 @@ class NanoDRRWorkflow:
             self._cancel.set()
             self.status = "Cancelling…"
             self._changed("status")
+
+    def setOutputNode(self, node) -> None:
+        """Render into ``node`` (a scalar volume of this scene, not the CT); None: a new node next time."""
+        if node is not None:
+            checkOutputNode(node, self.scene, forbidden=(self.volumeNode, self.xrayNode))
+        if node is self.outputNode:
+            return
+        self.outputNode = node
+        self.segmentOutputs = {}
+        if self._live is not None:
+            self._startLive(quiet=True)  # the live controller writes into its own output node
+        self._changed("drr")
 
     def _liveOutput(self):
         if self.outputNode is not None and self.outputNode.GetScene() is not self.scene:
@@ -611,6 +667,11 @@ class NanoDRRWorkflow:
         self.renderCount += 1
         if self.lastError is not None:
             self._setStatus("")
+        if self.overlay["show"] and self.xrayNode is not None:  # the overlay follows the C-arm while dragged
+            try:
+                self.updateOverlay()
+            except NanoDRRError as e:  # e.g. a detector that no longer fits the X-ray: said, not raised
+                self._setStatus(f"Overlay: {e}", e)
         self._changed("drr")
         if first:
             self._changed("live")
@@ -675,12 +736,24 @@ class NanoDRRWorkflow:
         self._setXray(node)
         return node
 
-    def _setXray(self, node) -> None:
+    def setXrayNode(self, node) -> None:
+        """Register against ``node`` (a scalar volume of this scene; None: no X-ray). It is never removed."""
+        if node is not None:
+            checkVolumeNode(node, "xrayNode")
+            if node.GetScene() is not self.scene:
+                raise NanoDRRError(f"xrayNode {nodeLabel(node)}: is not in the workflow's scene")
+        if node is not self.xrayNode:
+            self._setXray(node, loaded=False)
+
+    def _setXray(self, node, loaded: bool = True) -> None:
+        """Select ``node``; with ``removeReplacedXrays``, the X-ray this workflow loaded before is removed."""
         old = self.xrayNode
         self.xrayNode = node
         self.lastResult = None
-        if old is not None and old is not node and old.GetScene() is self.scene:
+        made = old is not None and old is self._loadedXray
+        if made and self.removeReplacedXrays and old is not node and old.GetScene() is self.scene:
             self.scene.RemoveNode(old)
+        self._loadedXray = node if loaded else None
         self._changed("xray")
         self.updateOverlay()
 
@@ -712,6 +785,18 @@ class NanoDRRWorkflow:
         )
         self._changed("overlay")
         return self.overlayNode
+
+    def initializeFromXray(self):
+        """Detector and C-arm pose from the selected X-ray's DICOM tags (the C-arm is created if needed)."""
+        if self.xrayNode is None:
+            raise NanoDRRError("initialize from X-ray: load or choose an X-ray first")
+        self._requireVolume("initialize from X-ray")
+        carm = self.carmNode if self.carmNode is not None else self.createCArm()
+        geometry, _ = self.logic.initializeFromXray(self.xrayNode, self.volumeNode, carm)
+        self.syncPoseFromCArm()
+        self.setDetector(**{f.name: getattr(geometry, f.name) for f in fields(CArmGeometry)})
+        self._setStatus("C-arm and detector set from the X-ray's DICOM tags.")
+        return geometry
 
     def register(self, xrayNode=None, xrayGeometry: CArmGeometry | None = None, progress=None, **options):
         """Move the C-arm so that its DRR matches ``xrayNode`` (default: the selected X-ray, with the
@@ -794,4 +879,5 @@ __all__ = [
     "matchingPreset",
     "previewScaleFor",
     "renderStage",
+    "segmentDRRsOf",
 ]

@@ -131,11 +131,68 @@ HARNESS = textwrap.dedent(
             assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentation)
             return segmentation
 
-        def test_logic_combines_slicer_and_nanodrrlib(self):
-            self.assertIsInstance(self.logic, NanoDRRLib.NanoDRRLogic)
+        def test_logic_composes_nanodrrlib_and_the_workflow(self):
+            self.assertNotIsInstance(self.logic, NanoDRRLib.NanoDRRLogic)  # composed, not inherited
+            self.assertIsInstance(self.logic.headless, NanoDRRLib.NanoDRRLogic)
             self.assertEqual(self.logic.moduleName, "NanoDRR")
             node = self.logic.getParameterNode()
             self.assertIsInstance(node, NanoDRR.NanoDRRParameterNode)
+            # the headless API is the module logic's too (scripts), and nothing else leaks through
+            self.assertEqual(self.logic.render.__self__, self.logic.headless)
+            self.assertIn("renderSegments", dir(self.logic))
+            with self.assertRaises(AttributeError):
+                self.logic._validate
+            workflow = self.logic.bind(self.p)
+            self.assertIsInstance(workflow, NanoDRRLib.NanoDRRWorkflow)
+            self.assertIs(workflow.logic, self.logic.headless)
+            self.assertIs(workflow.volumeNode, self.volume)
+            self.assertEqual((workflow.geometry.height, workflow.geometry.width), (24, 32))
+            self.assertIs(self.logic.bind(self.p), workflow)  # one session per parameter node
+
+        def test_parameter_node_and_workflow_stay_in_step(self):
+            workflow = self.logic.bind(self.p)
+            carm = self.logic.createCArmFromParameters(self.p)
+            self.p.primaryAngle, self.p.secondaryAngle = 30.0, -10.0  # what the sliders do
+            self.logic.bind(self.p)
+            np.testing.assert_allclose(self.logic.getCArmAngles(carm, self.volume), (30.0, -10.0, 850.0), atol=1e-6)
+            # dragging the C-arm's handles (any move of the node) comes back into the parameter node
+            self.logic.setCArmAngles(carm, self.volume, primary=-45.0, secondary=5.0, sod=900.0)
+            self.assertAlmostEqual(self.p.primaryAngle, -45.0, places=6)
+            self.assertAlmostEqual(self.p.secondaryAngle, 5.0, places=6)
+            self.assertAlmostEqual(self.p.sod, 900.0, places=6)
+            self.assertEqual(workflow.pose.primary, self.p.primaryAngle)
+            # a refused value names itself, is put back, and the other changes still apply
+            self.p.rows, self.p.boneContrast = -5, 2.0
+            with self.assertRaises(NanoDRRLib.NanoDRRError) as raised:
+                self.logic.bind(self.p)
+            self.assertIn("height", str(raised.exception))
+            self.assertEqual(self.p.rows, 24)
+            self.assertEqual(workflow.settings.boneContrast, 2.0)
+            # a detector preset through the workflow lands in the parameter node, named
+            name = next(iter(NanoDRRLib.DETECTOR_PRESETS))
+            workflow.applyPreset(name)
+            self.assertEqual(self.p.detectorPreset, name)
+            self.assertEqual(self.p.rows, int(NanoDRRLib.DETECTOR_PRESETS[name]["height"]))
+            self.p.rows += 1
+            self.logic.bind(self.p)
+            self.assertEqual(self.p.detectorPreset, "")
+
+        def test_selecting_another_xray_keeps_the_previous_one(self):
+            self.logic.createCArmFromParameters(self.p)
+            drr = self.logic.renderFromParameters(self.p)[0]
+            first = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "X-ray 1")
+            first.CopyContent(drr)
+            second = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "X-ray 2")
+            second.CopyContent(drr)
+            self.p.xrayVolume = first
+            self.assertIs(self.logic.bind(self.p).xrayNode, first)
+            self.p.xrayVolume = second
+            self.assertIs(self.logic.bind(self.p).xrayNode, second)
+            self.assertIs(first.GetScene(), slicer.mrmlScene)  # the user's node: never removed
+            self.p.outputVolume = second  # rendering into the X-ray would overwrite it: refused, put back
+            with self.assertRaises(NanoDRRLib.NanoDRRError):
+                self.logic.bind(self.p)
+            self.assertIs(self.p.outputVolume, drr)
 
         def test_create_carm_orbits_the_isocenter(self):
             carm = self.logic.createCArmFromParameters(self.p)
@@ -143,7 +200,7 @@ HARNESS = textwrap.dedent(
             toWorld = vtk.vtkMatrix4x4()
             carm.GetMatrixTransformToWorld(toWorld)
             center = toWorld.MultiplyPoint([*carm.GetCenterOfTransformation(), 1.0])[:3]
-            np.testing.assert_allclose(center, NanoDRR.NanoDRRLogic.volumeCenterWorld(self.volume), atol=1e-6)
+            np.testing.assert_allclose(center, NanoDRRLib.isocenter(self.volume), atol=1e-6)
             display = carm.GetDisplayNode()
             self.assertTrue(display.GetEditorVisibility())
             self.assertFalse(display.GetEditorTranslationEnabled())
@@ -202,7 +259,6 @@ HARNESS = textwrap.dedent(
             allIds = [ids.GetValue(i) for i in range(ids.GetNumberOfValues())]
             segmentation.GetDisplayNode().SetSegmentVisibility(allIds[0], False)
             self.p.segmentation, self.p.renderSegments = segmentation, True
-            self.assertEqual(NanoDRR.NanoDRRLogic.segmentIdsToRender(self.p), allIds[1:])
             messages = []
             drr, parts = self.logic.renderFromParameters(self.p, lambda f, message="": messages.append(message))
             self.assertEqual(sorted(NanoDRR.NanoDRRLogic.segmentDRRs(drr)), sorted(allIds[1:]))
@@ -223,38 +279,48 @@ HARNESS = textwrap.dedent(
             self.logic.createCArmFromParameters(self.p)
             base = slicer.util.arrayFromVolume(self.logic.renderFromParameters(self.p)[0]).copy()
             self.p.boneContrast = 2.0
-            self.assertAlmostEqual(NanoDRR.NanoDRRLogic.muBoneFromParameters(self.p), 2.0 * 0.0573)
+            self.assertAlmostEqual(self.logic.bind(self.p).muBone(), 2.0 * 0.0573)
             boosted = slicer.util.arrayFromVolume(self.logic.renderFromParameters(self.p)[0]).copy()
             self.assertGreater(boosted.max(), base.max())
             self.assertTrue(np.all(boosted >= base - 1e-5))
             self.p.boneContrast, self.p.displayMode = 1.0, "transmission"
-            self.assertIsNone(NanoDRR.NanoDRRLogic.muBoneFromParameters(self.p))
+            self.assertIsNone(self.logic.bind(self.p).muBone())
             transmitted = slicer.util.arrayFromVolume(self.logic.renderFromParameters(self.p)[0])
             np.testing.assert_allclose(transmitted, np.exp(-base), rtol=1e-4, atol=1e-6)
 
-        def test_live_renderer_from_parameters(self):
+        def test_live_rendering_from_the_parameter_node(self):
             self.logic.createCArmFromParameters(self.p)
-            scheduled = []
             self.p.displayMode = "transmission"
-            errors = []
-            live = self.logic.createLiveRenderer(self.p, schedule=scheduled.append, onError=errors.append)
-            live.start()  # one full-resolution render
-            self.assertEqual(live.renderCount, 1)
+            self.p.live = True
+            workflow = self.logic.bind(self.p)  # one full-resolution render
+            self.assertTrue(workflow.live)
+            self.assertEqual(workflow.renderCount, 1)
+            self.assertIs(self.p.outputVolume, workflow.outputNode)
+            qt.QTimer.pending.clear()
             self.logic.setCArmAngles(self.p.carmTransform, self.volume, primary=30.0, secondary=0.0, sod=self.p.sod)
-            while scheduled:
-                scheduled.pop(0)()
-            self.assertEqual(live.renderCount, 2)
+            self.assertTrue(qt.QTimer.pending, "moving the C-arm scheduled nothing on Qt's loop")
+            qt.QTimer.pending.pop(0)()  # the preview
+            self.assertEqual(workflow.renderCount, 2)
             image = slicer.util.arrayFromVolume(self.p.outputVolume)
-            self.assertEqual(image.shape, (1, 12, 16))  # preview at half resolution
+            self.assertEqual(image.shape, (1, 24, 32))  # 768 pixels: below the preview budget, full size
             self.assertTrue(np.all((image > 0.0) & (image <= 1.0)))  # the display mode reached the renderer
-            live.renderOptions["muBnoe"] = 1.0  # a failing live render reaches the GUI's error callback
+            self.assertEqual(self.p.primaryAngle, 30.0)
+            # a sampling change re-renders live with the new method
+            self.p.sampling = NanoDRR.SamplingMethod.RAYMARCH
+            self.logic.bind(self.p)
+            while qt.QTimer.pending:
+                qt.QTimer.pending.pop(0)()
+            self.assertEqual(NanoDRRLib.readAttributes(self.p.outputVolume)["method"], "raymarch")
+            # a failing live render reaches the workflow's status (the widget's status label shows it)
+            workflow._live.renderOptions["muBnoe"] = 1.0
             self.logic.setCArmAngles(self.p.carmTransform, self.volume, primary=40.0, secondary=0.0, sod=self.p.sod)
-            while scheduled:
-                scheduled.pop(0)()
-            self.assertEqual(len(errors), 1)
-            self.assertIs(errors[0], live.lastError)
-            self.assertIsInstance(errors[0], NanoDRRLib.NanoDRRError)
-            live.stop()
+            while qt.QTimer.pending:
+                qt.QTimer.pending.pop(0)()
+            self.assertIsInstance(workflow.lastError, NanoDRRLib.NanoDRRError)
+            self.assertIn("Live rendering", workflow.status)
+            self.p.live = False
+            self.logic.bind(self.p)
+            self.assertFalse(workflow.live)
 
         def test_sampling_parameter_reaches_every_render(self):
             self.logic.createCArmFromParameters(self.p)
@@ -274,21 +340,19 @@ HARNESS = textwrap.dedent(
             for node in (drr, *parts):
                 attributes = NanoDRRLib.readAttributes(node)
                 self.assertEqual((attributes["method"], attributes["nSamples"]), ("raymarch", 64))
-            self.p.sampling = NanoDRR.SamplingMethod.JOSEPH
-            live = self.logic.createLiveRenderer(self.p, schedule=None)
-            live.start()
+            self.p.sampling, self.p.live = NanoDRR.SamplingMethod.JOSEPH, True
+            self.logic.bind(self.p)
             self.assertEqual(NanoDRRLib.readAttributes(self.p.outputVolume)["method"], "joseph")
-            live.stop()
+            self.p.live = False
+            self.logic.bind(self.p)
 
         def test_detector_presets_round_trip(self):
+            workflow = self.logic.bind(self.p)
             for name in NanoDRRLib.DETECTOR_PRESETS:
-                NanoDRR.NanoDRRLogic.applyDetectorPreset(self.p, name)
-                self.assertEqual(NanoDRR.NanoDRRLogic.matchingDetectorPreset(self.p), name)
+                workflow.applyPreset(name)  # what the preset combo does
                 self.assertEqual(self.p.detectorPreset, name)
-            self.p.rows += 1
-            self.assertEqual(NanoDRR.NanoDRRLogic.matchingDetectorPreset(self.p), "")
             with self.assertRaises(NanoDRRLib.NanoDRRError):
-                NanoDRR.NanoDRRLogic.applyDetectorPreset(self.p, "no such detector")
+                workflow.applyPreset("no such detector")
 
         def test_missing_requirements(self):
             missing = NanoDRR.NanoDRRLogic.missingRequirements(
@@ -302,10 +366,10 @@ HARNESS = textwrap.dedent(
             self.logic.setCArmAngles(self.p.carmTransform, self.volume, primary=35.0, secondary=-20.0, sod=850.0)
             drr = self.logic.renderFromParameters(self.p)[0]
             sliceNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSliceNode")
-            NanoDRR.NanoDRRLogic.alignSliceToImage(sliceNode, drr)
+            NanoDRRLib.views.alignSliceToImage(sliceNode, drr)
             sliceToRAS = slicer.util.arrayFromVTKMatrix(sliceNode.GetSliceToRAS())
             rasToSlice = np.linalg.inv(sliceToRAS)
-            ijkToWorld = slicer.util.arrayFromVTKMatrix(NanoDRR.NanoDRRLogic.ijkToWorldMatrix(drr))
+            ijkToWorld = NanoDRRLib.conversion.volumeToWorld(drr)
             def onSlice(i, j):
                 return (rasToSlice @ ijkToWorld @ [i, j, 0, 1])[:3]
             first, last = onSlice(0, 0), onSlice(31, 23)
@@ -323,7 +387,7 @@ HARNESS = textwrap.dedent(
             self.logic.createCArmFromParameters(self.p)
             drr = self.logic.renderFromParameters(self.p)[0]
             sliceNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSliceNode")
-            NanoDRR.NanoDRRLogic.alignSliceToImage(sliceNode, drr)
+            NanoDRRLib.views.alignSliceToImage(sliceNode, drr)
             sliceToRAS = slicer.util.arrayFromVTKMatrix(sliceNode.GetSliceToRAS())
             np.testing.assert_allclose(sliceToRAS[:3, 0], [-1.0, 0.0, 0.0], atol=1e-9)  # screen right = patient left
             np.testing.assert_allclose(sliceToRAS[:3, 1], [0.0, 0.0, 1.0], atol=1e-9)  # screen up = superior

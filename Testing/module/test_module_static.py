@@ -462,14 +462,15 @@ def test_sampling_choices_are_the_logic_methods_and_the_gui_defaults_to_joseph()
 
     assert sorted(enum_values.values()) == sorted(methods) == ["joseph", "raymarch"]
     assert ast.unparse(parameter_fields()["sampling"][2]) == "SamplingMethod.JOSEPH"
-    live_keys = next(
-        n.value
-        for n in module_ast().body
-        if isinstance(n, ast.Assign) and any(getattr(t, "id", None) == "LIVE_KEYS" for t in n.targets)
+    # the parameter binding hands the sampling field to the workflow's settings (live re-renders with it:
+    # Testing/module/test_module_headless.py)
+    binding = ast.parse((LOGIC_PY.parent / "parameters.py").read_text(encoding="utf-8"))
+    settings = next(
+        ast.literal_eval(n.value)
+        for n in binding.body
+        if isinstance(n, ast.Assign) and any(getattr(t, "id", None) == "SETTINGS_FIELDS" for t in n.targets)
     )
-    assert "sampling" in {
-        getattr(e, "value", None) for e in live_keys.elts
-    }  # a change restarts live rendering
+    assert settings["sampling"] == "method"
 
 
 def test_node_selectors_list_the_field_node_class():
@@ -527,27 +528,18 @@ def test_mrml_widgets_receive_the_scene_and_connections_are_valid():
 # ---------------------------------------------------------------------------------------------------------
 
 
-def test_live_render_failures_reach_the_status_label():
-    """The widget hands the live controller an error callback that writes the status label (the
-    controller logs and keeps the error; an observer cannot raise)."""
+def test_the_widget_shows_the_workflows_status_and_holds_no_workflow_logic():
+    """The widget follows the logic's workflow (live failures arrive as its status, an observer cannot
+    raise) and reaches the workflow only through the logic: no pose, live or render code of its own."""
     classes = {node.name: node for node in module_ast().body if isinstance(node, ast.ClassDef)}
     widget = {f.name: f for f in classes["NanoDRRWidget"].body if isinstance(f, ast.FunctionDef)}
-    calls = [
-        c
-        for c in ast.walk(widget["_updateLive"])
-        if isinstance(c, ast.Call) and getattr(c.func, "attr", None) == "createLiveRenderer"
-    ]
-    assert len(calls) == 1
-    assert {k.arg: ast.unparse(k.value) for k in calls[0].keywords}.get("onError") == "self.onLiveError"
-    assert "self.ui.statusLabel.text" in ast.unparse(widget["onLiveError"])
-    logic = {f.name: f for f in classes["NanoDRRLogic"].body if isinstance(f, ast.FunctionDef)}
-    forwards = [
-        c
-        for c in ast.walk(logic["createLiveRenderer"])
-        if isinstance(c, ast.Call) and ast.unparse(c.func) == "NanoDRRLib.LiveRenderController"
-    ]
-    assert len(forwards) == 1
-    assert {k.arg: ast.unparse(k.value) for k in forwards[0].keywords}.get("onError") == "onError"
+    assert "workflow.addListener(self.onWorkflowChanged)" in ast.unparse(widget["_listen"])
+    assert "self.ui.statusLabel.text = workflow.status" in ast.unparse(widget["onWorkflowChanged"])
+    source = ast.unparse(classes["NanoDRRWidget"])
+    for name in ("setCArmAngles", "getCArmAngles", "LiveRenderController", "render(", "renderSegments"):
+        assert name not in source.replace("renderFromParameters", ""), name
+    logic = {f.name for f in classes["NanoDRRLogic"].body if isinstance(f, ast.FunctionDef)}
+    assert {"workflow", "bind", "resetWorkflow"} <= logic
 
 
 def test_module_defines_the_template_classes():
@@ -555,7 +547,7 @@ def test_module_defines_the_template_classes():
     bases = {name: [ast.unparse(b) for b in node.bases] for name, node in classes.items()}
     assert bases["NanoDRR"] == ["ScriptedLoadableModule"]
     assert bases["NanoDRRWidget"] == ["ScriptedLoadableModuleWidget", "VTKObservationMixin"]
-    assert bases["NanoDRRLogic"] == ["ScriptedLoadableModuleLogic", "NanoDRRLib.NanoDRRLogic"]
+    assert bases["NanoDRRLogic"] == ["ScriptedLoadableModuleLogic"]  # composes NanoDRRLib's logic
     assert bases["NanoDRRTest"] == ["ScriptedLoadableModuleTest"]
     assert "runTest" in {f.name for f in classes["NanoDRRTest"].body if isinstance(f, ast.FunctionDef)}
 

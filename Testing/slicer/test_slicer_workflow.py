@@ -373,3 +373,104 @@ def test_cancelled_or_refused_registration_leaves_the_carm(scene, chestWorkflow,
     with pytest.raises(NanoDRRError, match="no such X-ray file"):
         workflow.loadXray(tmp_path / "missing.dcm")
     assert scene.GetNumberOfNodes() == nodes
+
+
+# --------------------------------------------------------------------------------------------------
+# Selections a host (the Slicer parameter node) makes: nodes chosen, cleared, protected
+# --------------------------------------------------------------------------------------------------
+
+
+def test_clearing_the_inputs_and_the_carm_stops_live_and_keeps_the_nodes(scene, workflow):
+    carm = workflow.createCArm()
+    workflow.setLive(True)
+    assert workflow.live
+    workflow.setCArmNode(None)
+    assert workflow.carmNode is None and not workflow.live and carm.GetScene() is scene
+    before = workflow.renderCount
+    carm.GetTransformToParent()  # moving the old C-arm renders nothing any more
+    workflow.logic.setCArmAngles(carm, workflow.volumeNode, 30.0, 0.0, 850.0)
+    assert workflow.renderCount == before and workflow.pose == Pose()
+    workflow.setCArmNode(carm)  # its pose is read back
+    assert workflow.pose.primary == pytest.approx(30.0)
+    ct = workflow.volumeNode
+    workflow.setInputs(None)
+    assert workflow.volumeNode is None and ct.GetScene() is scene
+    with pytest.raises(NanoDRRError, match="select a CT volume"):
+        workflow.render()
+
+
+def test_the_output_node_can_be_chosen_but_never_the_ct_or_the_xray(scene, workflow, ct):
+    workflow.createCArm()
+    drr, _ = workflow.render()
+    mine = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "my DRR")
+    workflow.setOutputNode(mine)
+    assert workflow.render()[0] is mine and drrArray(mine).shape == drrArray(drr).shape
+    np.testing.assert_array_equal(drrArray(mine), drrArray(drr))
+    workflow.setXrayNode(drr)
+    pixels = drrArray(drr).copy()
+    for node, name in ((ct, "input"), (drr, "input")):
+        with pytest.raises(NanoDRRError, match=f"cannot overwrite an {name} node"):
+            workflow.setOutputNode(node)
+    assert workflow.outputNode is mine
+    np.testing.assert_array_equal(drrArray(drr), pixels)
+
+
+def test_replaced_xrays_the_workflow_loaded_are_removed_only_when_asked(scene, logic, ct, geometry):
+    for remove in (True, False):
+        w = NanoDRRWorkflow(scene, logic, removeReplacedXrays=remove)
+        w.setInputs(ct)
+        w.setDetector(**geometry.toDict())
+        w.createCArm()
+        w.render()
+        first = w.xrayFromDrr()
+        second = w.xrayFromDrr()
+        assert w.xrayNode is second
+        assert (first.GetScene() is None) is remove
+        picked = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "picked")
+        picked.CopyContent(second)
+        w.setXrayNode(picked)  # the user's choice
+        w.setXrayNode(second if not remove else None)
+        assert picked.GetScene() is scene  # a node the workflow did not make is never removed
+        w.close()
+
+
+def test_segment_drrs_are_linked_to_their_drr_and_reused_after_a_new_session(
+    scene, logic, workflow, ct, ctArray, ctAffine
+):
+    from NanoDRRLib.workflow import segmentDRRsOf
+
+    seg, ids = addSegmentation(scene, {"bone": ctArray >= 1000.0}, ctAffine)
+    workflow.setInputs(ct, seg)
+    workflow.setRenderSegments(True)
+    drr, parts = workflow.render()
+    assert segmentDRRsOf(drr) == parts
+    # another session (a reloaded scene, the module re-entered) renders into the same nodes
+    other = NanoDRRWorkflow(scene, logic)
+    other.setInputs(ct, seg)
+    other.setCArmNode(workflow.carmNode)
+    other.setDetector(**workflow.geometry.toDict())
+    other.setOutputNode(drr)
+    other.setRenderSegments(True)
+    nodes = scene.GetNumberOfNodes()
+    _, again = other.render()
+    assert again[ids["bone"]] is parts[ids["bone"]] and scene.GetNumberOfNodes() == nodes
+    other.close()
+
+
+def test_live_renders_carry_the_overlay_along(scene, logic, ct, geometry):
+    later = Later()
+    w = NanoDRRWorkflow(scene, logic, schedule=later)
+    w.setInputs(ct)
+    w.setDetector(**geometry.toDict())
+    w.createCArm()
+    w.render()
+    w.xrayFromDrr()
+    w.setOverlay(show=True, mode="checkerboard")
+    overlay = w.overlayNode
+    before = slicer.util.arrayFromVolume(overlay).copy()
+    w.setLive(True)
+    w.setPose(primary=25.0)
+    later.run()
+    after = slicer.util.arrayFromVolume(overlay)
+    assert w.overlayNode is overlay and not np.array_equal(after, before)  # the DRR half moved with the C-arm
+    w.close()
