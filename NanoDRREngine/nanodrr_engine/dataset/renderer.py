@@ -11,7 +11,8 @@ so a block boundary that is not a multiple of four changes which rays march toge
 bits. Each call here therefore renders a number of images whose total ray count is a multiple of
 ``32 · threads`` (repeating the last pose as padding where needed), every block then starts on a
 multiple of four, and with height × width a multiple of four no group straddles two images: an
-image's bits depend on nothing but its own pose. A call holds about ``CHUNK_SAMPLES["numba"]`` volume
+image's bits depend on nothing but its own pose (and on the compiled kernels: a process that compiled them and
+one that loaded them from numba's cache can differ in the last bits, docs/performance.md). A call holds about ``CHUNK_SAMPLES["numba"]`` volume
 samples (the chunk ``render`` itself would use): far larger calls make the kernels' blocks outgrow the
 caches and run slower, and stay below the size at which ``render`` would split the work again.
 """
