@@ -278,7 +278,8 @@ class NanoDRRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             # The C-arm is the source of truth for the pose (it may have moved while the module was hidden):
             # the binding reads it back before observing the parameter node, so that is not a user change.
             with self._displayErrors(_("Failed to restore the NanoDRR session.")):
-                self._listen(self.logic.bind(self._parameterNode))
+                self.logic.bind(self._parameterNode)
+            self._listen(self.logic.workflow())  # also when a saved value was refused (and put back)
             self.ui.segmentsTableView.setSelectedSegmentIDs(list(self._parameterNode.segmentIds))
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
         self._updatePresetCombo()
@@ -309,10 +310,11 @@ class NanoDRRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onParameterNodeModified(self, caller=None, event=None) -> None:
         if self._parameterNode is None:
             return
+        # the binding pulls what changed (a refused value is shown and put back)
         with self._displayErrors(_("NanoDRR could not apply the change.")):
-            self.logic.bind(
-                self._parameterNode
-            )  # the binding pulls what changed (a refused value is put back)
+            self.logic.bind(self._parameterNode)
+        if self.logic.workflow() is not self._workflow:  # a new session (after a scene close)
+            self._listen(self.logic.workflow())
         self._updatePresetCombo()
         self._updateButtonStates()
 
