@@ -38,7 +38,7 @@ CUSTOM_PRESET = "Custom"
 #: Minimum versions installed on first use (never pinned). torch comes through the PyTorch extension.
 TORCH_MINIMUM_VERSION = "2.5"
 TORCH_REQUIREMENT = f"torch>={TORCH_MINIMUM_VERSION}"
-PIP_REQUIREMENTS = ("numba>=0.60",)
+PIP_REQUIREMENTS = ("numba>=0.60", "jaxtyping>=0.3")
 
 
 #: Custom view layout: the 3D view (C-arm, beam, CT) and the Red slice view (the DRR) side by side.

@@ -144,7 +144,7 @@ def test_forward_and_backward_run_the_fused_kernels_at_64(subject, monkeypatch):
         raise AssertionError("fell back to the per-ray torch geometry / reference ray march")
 
     monkeypatch.setattr(numba_camera, "raymarch_rays", spy("forward", numba_camera.raymarch_rays))
-    monkeypatch.setattr(numba_camera, "_pose_grad_op", spy("pose_grad", numba_camera._pose_grad_op))
+    monkeypatch.setattr(numba_camera, "_bwd_camera", spy("pose_grad", numba_camera._bwd_camera))
     monkeypatch.setattr(
         numba_slices,
         "slicemarch_pose_differentiable",

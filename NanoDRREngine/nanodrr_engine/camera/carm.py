@@ -17,8 +17,10 @@ from the source; :func:`to_display` flips columns for the conventional view from
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
+from jaxtyping import Float
 
 from .._validation import check_positive, check_rigid
 from .extrinsics import ORIENTATIONS, make_rt_inv, real_matrix
@@ -41,7 +43,12 @@ def _angles(value, name: str, limits: tuple[float, float]) -> torch.Tensor:
     return t
 
 
-def carm_to_rt_inv(primary, secondary, sod: float, isocenter=None) -> torch.Tensor:
+def carm_to_rt_inv(
+    primary: float | Float[torch.Tensor, "*#batch"],
+    secondary: float | Float[torch.Tensor, "*#batch"],
+    sod: float,
+    isocenter: Float[torch.Tensor, "3"] | Sequence[float] | None = None,
+) -> Float[torch.Tensor, "*batch 4 4"]:
     """Camera-to-world matrix ``[4, 4]`` (or ``[B, 4, 4]`` for tensor angles) for DICOM angles in degrees.
 
     ``primary`` must lie in [−180, 180] and ``secondary`` in [−90, 90] (ValueError otherwise).
@@ -61,7 +68,9 @@ def carm_to_rt_inv(primary, secondary, sod: float, isocenter=None) -> torch.Tens
     return make_rt_inv(rotation, translation, "AP", iso)
 
 
-def rt_inv_to_carm(rt_inv, isocenter=None) -> tuple[float, float, float]:
+def rt_inv_to_carm(
+    rt_inv: Float[torch.Tensor, "4 4"], isocenter: Float[torch.Tensor, "3"] | Sequence[float] | None = None
+) -> tuple[float, float, float]:
     """``(primary, secondary, sod)`` of a single rigid camera-to-world matrix.
 
     The inverse of :func:`carm_to_rt_inv` on its whole range: the angles come from the C-arm's

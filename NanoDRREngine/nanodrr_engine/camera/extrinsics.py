@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
+from jaxtyping import Float
 
 from .._validation import as_matrix
 
@@ -65,11 +67,11 @@ def matrix_to_euler_zxy(R: torch.Tensor) -> torch.Tensor:
 
 
 def make_rt_inv(
-    rotation,
-    translation,
+    rotation: Float[torch.Tensor, "*#batch 3"] | Sequence[float],
+    translation: Float[torch.Tensor, "*#batch 3"] | Sequence[float],
     orientation: str | None = "AP",
-    isocenter=None,
-) -> torch.Tensor:
+    isocenter: Float[torch.Tensor, "3"] | Sequence[float] | None = None,
+) -> Float[torch.Tensor, "*batch 4 4"]:
     """Camera-to-world matrices rt_inv = [R | R·t + c] · O.
 
     Args:
@@ -97,10 +99,10 @@ def make_rt_inv(
 
 
 def invert_rt_inv(
-    rt_inv,
+    rt_inv: Float[torch.Tensor, "*batch 4 4"],
     orientation: str | None = "AP",
-    isocenter=None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    isocenter: Float[torch.Tensor, "3"] | Sequence[float] | None = None,
+) -> tuple[Float[torch.Tensor, "*batch 3"], Float[torch.Tensor, "*batch 3"]]:
     """Recover ``(rotation [B, 3] degrees, translation [B, 3] mm)`` from :func:`make_rt_inv`'s output.
 
     ``orientation`` and ``isocenter`` must be those used to build the matrices.

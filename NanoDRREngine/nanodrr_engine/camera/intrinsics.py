@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from jaxtyping import Float
 
 from .._validation import as_device, as_number, check_dtype, check_k_inv, check_length, check_pixels
 
@@ -17,7 +18,7 @@ def make_k_inv(
     width: int,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
-) -> torch.Tensor:
+) -> Float[torch.Tensor, "1 3 3"]:
     """Inverse intrinsic matrix K⁻¹ of a detector.
 
     fx = sdd/Δx, fy = sdd/Δy, cx = x0/Δx + W/2, cy = y0/Δy + H/2.

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from jaxtyping import Float, Shaped
 
 from .._validation import as_matrix, check_bool, check_finite, check_positive, check_whole, refuse_non_real
 from .preprocess import HU_BONE, MU_BONE, MU_WATER, hu_to_mu
@@ -84,12 +85,12 @@ class Subject(torch.nn.Module):
 
     def __init__(
         self,
-        imagedata: torch.Tensor,
-        labeldata: torch.Tensor | None,
-        voxel_to_world: torch.Tensor,
-        world_to_voxel: torch.Tensor,
-        voxel_to_grid: torch.Tensor,
-        isocenter: torch.Tensor,
+        imagedata: Float[torch.Tensor, "1 1 D H W"],
+        labeldata: Shaped[torch.Tensor, "1 1 D H W"] | None,
+        voxel_to_world: Float[torch.Tensor, "4 4"],
+        world_to_voxel: Float[torch.Tensor, "4 4"],
+        voxel_to_grid: Float[torch.Tensor, "4 4"],
+        isocenter: Float[torch.Tensor, "3"],
         max_label: int | None = None,
         **mu,
     ) -> None:
@@ -117,9 +118,9 @@ class Subject(torch.nn.Module):
     @classmethod
     def from_array(
         cls,
-        volume: np.ndarray | torch.Tensor,
-        voxel_to_world: np.ndarray | torch.Tensor,
-        label: np.ndarray | torch.Tensor | None = None,
+        volume: Shaped[np.ndarray, "K J I"] | Shaped[torch.Tensor, "K J I"],
+        voxel_to_world: Float[np.ndarray, "4 4"] | Float[torch.Tensor, "4 4"],
+        label: Shaped[np.ndarray, "K J I"] | Shaped[torch.Tensor, "K J I"] | None = None,
         max_label: int | None = None,
         **mu,
     ) -> Subject:

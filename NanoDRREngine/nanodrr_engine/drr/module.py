@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from jaxtyping import Float
 
 from .. import budget
 from .._validation import as_device, as_matrix, check_bool, check_k_inv, check_length, check_pixels
@@ -27,7 +28,12 @@ class DRR(torch.nn.Module):
     _intrinsic_params = frozenset({"k_inv", "sdd", "height", "width", "orthographic"})
 
     def __init__(
-        self, k_inv: torch.Tensor, sdd: torch.Tensor, height: int, width: int, orthographic: bool = False
+        self,
+        k_inv: Float[torch.Tensor, "*#batch 3 3"],
+        sdd: float | Float[torch.Tensor, "*#batch"],
+        height: int,
+        width: int,
+        orthographic: bool = False,
     ):
         super().__init__()
         k_inv = as_matrix(k_inv, "k_inv", (3, 3))
@@ -83,13 +89,13 @@ class DRR(torch.nn.Module):
     def forward(
         self,
         subject: Subject,
-        rt_inv: torch.Tensor,
+        rt_inv: Float[torch.Tensor, "*#batch 4 4"],
         n_samples: int = 500,
         soft_labels: bool = False,
         backend: str = "auto",
         method: str = "raymarch",
         progress: Callable[[float], object] | None = None,
-    ) -> torch.Tensor:
+    ) -> Float[torch.Tensor, "batch channels height width"]:
         """``[B, C, H, W]`` DRRs of ``subject`` from poses ``rt_inv [B, 4, 4]`` (arguments as :func:`render`;
         ``progress(fraction)`` runs after each chunk of rays and may raise to cancel)."""
         return render(

@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable
 
 import torch
+from jaxtyping import Float
 
 from .. import budget
 from .._validation import (
@@ -19,14 +20,13 @@ from .._validation import (
 )
 from ..data.subject import Subject
 from ..names import METHODS
-from .backends import BACKENDS, resolve_backend
+from .backends import BACKENDS, select_backend
 from .joseph_ends import end_correction, may_end_inside
 from .rays import make_src, make_tgt, sample_geometry, slice_geometry
 
 #: Volume samples per chunk when a render runs in chunks (a progress callback, or large work), per
-#: backend, so that a chunk takes well under half a second: the numba kernels march ~1e9 samples/s on
-#: two cores, the torch reference ~3e7/s, Triton ~1e11/s on a data-centre GPU.
-CHUNK_SAMPLES = {"numba": 1 << 25, "torch": 1 << 20, "triton": 1 << 30}
+#: backend (:attr:`~.backends.Backend.chunk_samples`), so that a chunk takes well under half a second.
+CHUNK_SAMPLES = {name: b.chunk_samples for name, b in BACKENDS.items()}
 #: Renders of more chunks than this are chunked without a callback too: Ctrl-C then interrupts them
 #: between chunks (a kernel call cannot be interrupted), and torch geometry is held a chunk at a time.
 AUTO_CHUNKS = 32
@@ -36,20 +36,20 @@ _ALIGN = 64
 
 def render(
     subject: Subject,
-    k_inv: torch.Tensor,
-    rt_inv: torch.Tensor,
-    sdd: float | torch.Tensor,
+    k_inv: Float[torch.Tensor, "*#batch 3 3"],
+    rt_inv: Float[torch.Tensor, "*#batch 4 4"],
+    sdd: float | Float[torch.Tensor, "*#batch"],
     height: int,
     width: int,
     n_samples: int = 500,
     soft_labels: bool = False,
     orthographic: bool = False,
-    src: torch.Tensor | None = None,
-    tgt: torch.Tensor | None = None,
+    src: Float[torch.Tensor, "#batch #rays 3"] | None = None,
+    tgt: Float[torch.Tensor, "#batch rays 3"] | None = None,
     backend: str = "auto",
     method: str = "raymarch",
     progress: Callable[[float], object] | None = None,
-) -> torch.Tensor:
+) -> Float[torch.Tensor, "batch channels height width"]:
     """Render DRRs: the line integral ∫μ ds along each pixel's ray (no exponential).
 
     Args:
@@ -148,7 +148,7 @@ def render(
     march = (vol, lab, C, subject.shape, n_samples, soft, backend, method, width)
     chunk = None
     if progress is not None or cost.samples > AUTO_CHUNKS * min(CHUNK_SAMPLES.values()):
-        chunk = CHUNK_SAMPLES["torch" if soft else resolve_backend(backend, device, vol.dtype)[0]]
+        chunk = CHUNK_SAMPLES["torch" if soft else select_backend(backend, device, vol.dtype).name]
     if chunk is None or (progress is None and cost.samples <= AUTO_CHUNKS * chunk):
         out = _render_rays(*march, cam_to_voxel, src, tgt)
     else:
@@ -158,30 +158,49 @@ def render(
 
 
 def _render_rays(vol, lab, C, shape, n_samples, soft, backend, method, width, cam_to_voxel, src, tgt):
-    """``[B, C, N]``: the rays ``src → tgt`` (camera mm) marched by the path for this call."""
-    B = max(cam_to_voxel.shape[0], tgt.shape[0], src.shape[0])
-    if method == "joseph":
-        return _joseph(vol, lab, C, cam_to_voxel, src, tgt, shape, backend, width)
-    if not soft:
-        name, op = resolve_backend(backend, vol.device, vol.dtype)
-        if name == "numba" and not _needs_grad(vol, src, tgt):
-            # geometry fused into the march (and its pose gradient into the backward kernel)
-            from .backends.numba_camera import raymarch_rays
+    """``[B, C, N]``: the rays ``src → tgt`` (camera mm) marched by the path for this call; Joseph's
+    render adds the exact weights of partial end segments where a source or detector pixel lies inside
+    the volume (:mod:`.joseph_ends`; skipped otherwise)."""
+    out = _march(vol, lab, C, shape, n_samples, soft, backend, method, width, cam_to_voxel, src, tgt)
+    if method == "joseph" and may_end_inside(cam_to_voxel, src, tgt, shape):
+        B = max(cam_to_voxel.shape[0], src.shape[0], tgt.shape[0])
+        out = out + end_correction(vol, lab, C, cam_to_voxel.expand(B, 4, 4), src, tgt, shape).to(out.dtype)
+    return out
 
-            return raymarch_rays(vol, lab, C, cam_to_voxel, src, tgt, n_samples)
-    start, delta, step = sample_geometry(cam_to_voxel.expand(B, 4, 4), src, tgt, shape, n_samples)
+
+def _march(vol, lab, C, shape, n_samples, soft, backend, method, width, cam_to_voxel, src, tgt):
+    """The chosen backend's fast path for this call (the kernels that make their samples from the camera
+    rays: on CPU every render without gradients w.r.t. the volume or the rays, Joseph's with labels only
+    without any gradient), else its op on the method's per-ray samples (the ray march's midpoints or
+    Joseph's plane crossings with per-ray counts)."""
+    B = max(cam_to_voxel.shape[0], tgt.shape[0], src.shape[0])
     if soft:
         if backend not in ("auto", "torch"):
             raise ValueError(
                 f"backend: soft_labels=True is implemented by the 'torch' backend only, not {backend!r}"
             )
-        from .backends.torch_ref import raymarch as ref
-
-        return ref(vol, lab, C, start.float(), delta.float(), step.float(), n_samples, soft_labels=True)
-    if name != "torch":  # the fused kernels take float32 geometry
+        start, delta, step = sample_geometry(cam_to_voxel.expand(B, 4, 4), src, tgt, shape, n_samples)
+        reference = BACKENDS["torch"].load()
+        return reference(vol, lab, C, start.float(), delta.float(), step.float(), n_samples, soft_labels=True)
+    chosen = select_backend(backend, vol.device, vol.dtype)
+    fast = chosen.fast_path(
+        method,
+        labels=lab is not None,
+        pose_grad=_needs_grad(cam_to_voxel),
+        other_grad=_needs_grad(vol, src, tgt),
+    )
+    if fast is not None:
+        return fast(vol, lab, C, cam_to_voxel, src, tgt, n_samples)
+    if method == "joseph":
+        start, delta, step, count = slice_geometry(cam_to_voxel.expand(B, 4, 4), src, tgt, shape)
+        n_samples = max(1, int(count.max())) if count.numel() else 1
+        float32 = True  # Joseph's samples are marched in float32 by every backend
+    else:
+        start, delta, step = sample_geometry(cam_to_voxel.expand(B, 4, 4), src, tgt, shape, n_samples)
+        count, float32 = None, chosen.float32_rays
+    if float32:
         start, delta, step = start.float(), delta.float(), step.float()
-    extra = {"width": width} if name == "triton" else {}  # pixel tiles for GPU cache locality
-    return op(vol, lab, C, start, delta, step, n_samples, **extra)
+    return chosen.load()(vol, lab, C, start, delta, step, n_samples, count=count, width=width)
 
 
 def _render_chunks(march, cam_to_voxel, src, tgt, B, width, rays, progress) -> torch.Tensor:
@@ -221,37 +240,6 @@ def _rows(t: torch.Tensor, b0: int, b1: int, n0: int | None = None, n1: int | No
     """Images ``b0:b1`` (unless ``t`` is shared by all) and pixels ``n0:n1`` (unless shared) of ``t``."""
     t = t if t.shape[0] == 1 else t[b0:b1]
     return t if n0 is None or t.shape[1] == 1 else t[:, n0:n1]
-
-
-def _joseph(vol, lab, C, cam_to_voxel, src, tgt, shape, backend: str, width: int) -> torch.Tensor:
-    """Joseph's render ``[B, C, N]``: the planes' samples, plus the exact weights of partial end segments
-    where a source or detector pixel lies inside the volume (:mod:`.joseph_ends`; skipped otherwise)."""
-    out = _joseph_planes(vol, lab, C, cam_to_voxel, src, tgt, shape, backend, width)
-    if may_end_inside(cam_to_voxel, src, tgt, shape):
-        B = max(cam_to_voxel.shape[0], src.shape[0], tgt.shape[0])
-        out = out + end_correction(vol, lab, C, cam_to_voxel.expand(B, 4, 4), src, tgt, shape).to(out.dtype)
-    return out
-
-
-def _joseph_planes(vol, lab, C, cam_to_voxel, src, tgt, shape, backend: str, width: int) -> torch.Tensor:
-    """Joseph's samples on the planes the clipped segment reaches. On CPU (numba): the fused slice march for renders without gradients (plain or
-    labelmap) and plain ones with pose gradients only; other gradients (volume, labelmaps with pose
-    gradients) take the numba ray march on ``slice_geometry``'s samples with per-ray counts. On CUDA
-    (Triton) every render takes the Triton ray march on those samples, with the counts."""
-    name, op = resolve_backend(backend, vol.device, vol.dtype)  # validates the name for this device
-    if name == "numba" and not _needs_grad(vol, cam_to_voxel, src, tgt):
-        from .backends.numba_slices import slicemarch_rays
-
-        return slicemarch_rays(vol, cam_to_voxel, src, tgt, lab=lab, n_classes=C)
-    if name == "numba" and lab is None and not _needs_grad(vol, src, tgt):  # pose gradient only
-        from .backends.numba_slices import slicemarch_pose_differentiable
-
-        return slicemarch_pose_differentiable(vol, cam_to_voxel, src, tgt)
-    B = max(cam_to_voxel.shape[0], src.shape[0], tgt.shape[0])
-    start, delta, step, count = slice_geometry(cam_to_voxel.expand(B, 4, 4), src, tgt, shape)
-    n = max(1, int(count.max())) if count.numel() else 1
-    extra = {"width": width} if name == "triton" else {}  # pixel tiles, as the ray march's
-    return op(vol, lab, C, start.float(), delta.float(), step.float(), n, count=count, **extra)
 
 
 def _needs_grad(*tensors: torch.Tensor) -> bool:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from jaxtyping import Float, Shaped
 
 from .._validation import as_matrix, check_rigid
 from ..data.subject import Subject
@@ -76,15 +77,15 @@ def similarity(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, patch: in
 
 def register(
     subject: Subject,
-    target: torch.Tensor,
-    k_inv: torch.Tensor,
-    sdd: float | torch.Tensor,
-    rt_inv: torch.Tensor,
+    target: Float[torch.Tensor, "batch 1 height width"],
+    k_inv: Float[torch.Tensor, "*#batch 3 3"],
+    sdd: float | Float[torch.Tensor, "*#batch"],
+    rt_inv: Float[torch.Tensor, "batch 4 4"],
     height: int,
     width: int,
     *,
-    mask: torch.Tensor | None = None,
-    channel_weights: Sequence[float] | torch.Tensor | None = None,
+    mask: Shaped[torch.Tensor, "#batch 1 height width"] | None = None,
+    channel_weights: Sequence[float] | Float[torch.Tensor, "channels"] | None = None,  # noqa: F821
     factors: Sequence[int] | None = None,
     lr: tuple[float, float] = (0.02, 2.0),
     max_iterations: int = 100,

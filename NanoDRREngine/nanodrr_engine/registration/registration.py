@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+from jaxtyping import Float
 
 from .._validation import as_matrix, check_pixels, check_rigid
 from ..data.subject import Subject
@@ -43,9 +44,9 @@ class Registration(torch.nn.Module):
     def __init__(
         self,
         subject: Subject,
-        rt_inv: torch.Tensor,
-        k_inv: torch.Tensor,
-        sdd: float | torch.Tensor,
+        rt_inv: Float[torch.Tensor, "*#batch 4 4"],
+        k_inv: Float[torch.Tensor, "*#batch 3 3"],
+        sdd: float | Float[torch.Tensor, "*#batch"],
         height: int,
         width: int,
         eps: float = 1e-8,
@@ -85,7 +86,7 @@ class Registration(torch.nn.Module):
 
     def forward(
         self, n_samples: int = 500, soft_labels: bool = False, backend: str = "auto", method: str = "raymarch"
-    ) -> torch.Tensor:
+    ) -> Float[torch.Tensor, "batch channels height width"]:
         """``[B, C, H, W]`` DRRs at :attr:`pose` (arguments as :func:`render`; ``method`` is ours)."""
         return render(
             self.subject,
@@ -101,7 +102,7 @@ class Registration(torch.nn.Module):
         )
 
     @property
-    def pose(self) -> torch.Tensor:
+    def pose(self) -> Float[torch.Tensor, "batch 4 4"]:
         """The current camera-to-world poses ``[B, 4, 4]``, differentiable w.r.t. the parameters."""
         T = convert(self._rot, self._xyz, "so3_log")
         return self.rt_inv @ self.pivot @ T @ self.pivot_inv

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ._contract import check_march_args, check_pose_only_grad, check_ray_count
+from .fused_op import fused_op
 from .numba_cpu import (
     _EMPTY_LAB,
     _FM,
@@ -302,65 +303,43 @@ def _rays_impl(vol, lab, n_classes, cam_to_voxel, src, tgt, n_samples):
     return out
 
 
-# Opaque to torch.compile, as the other numba ops (autograd to cam_to_voxel is registered below).
-_rays_op = torch.library.custom_op(
-    "nanodrr_engine::numba_raymarch_rays",
-    _rays_impl,
-    mutates_args=(),
-    device_types="cpu",
-    schema="(Tensor vol, Tensor? lab, int n_classes, Tensor cam_to_voxel, Tensor src, Tensor tgt, "
-    "int n_samples) -> Tensor",
-)
-
-
-@_rays_op.register_fake
-def _(vol, lab, n_classes, cam_to_voxel, src, tgt, n_samples):
+def _rays_fake(vol, lab, n_classes, cam_to_voxel, src, tgt, n_samples):
     B = max(cam_to_voxel.shape[0], src.shape[0], tgt.shape[0])
     return vol.new_empty(B, n_classes, tgt.shape[1], dtype=torch.float32)
 
 
-def _pose_grad_impl(grad, vol, lab, n_classes, cam_to_voxel, src, tgt, n_samples):
+def pose_gradient(grad, cam_to_voxel, src, tgt, backward_kernel) -> torch.Tensor:
+    """``∂loss/∂cam_to_voxel`` ``[B | 1, 4, 4]`` from ``backward_kernel(m, s, t, N, g, groups, chunk, dM)``,
+    which adds each thread group's ``3 × 4`` partials of camera ``b`` into ``dM[group, b]``."""
     N = tgt.shape[1]
     m, s, t = camera_arrays(cam_to_voxel, src, tgt)
-    D, H, W = vol.shape
     groups, chunk = _schedule(grad.shape[0] * N)
     dM = np.zeros((groups, m.shape[0], 12), np.float64)
     g = grad.detach().to(torch.float32).contiguous().view(-1).numpy()
-    lab_np = _EMPTY_LAB if lab is None else lab.reshape(-1).numpy()
-    _bwd_camera(_vol_np(vol), lab_np, n_classes, D, H, W, m, s, t, N, n_samples, g, groups, chunk, dM)
+    backward_kernel(m, s, t, N, g, groups, chunk, dM)
     out = torch.zeros(m.shape[0], 4, 4, dtype=torch.float64)
     out[:, :3, :] = torch.from_numpy(dM.sum(axis=0)).view(-1, 3, 4)  # groups summed in a fixed order
     return out.to(cam_to_voxel.dtype)
 
 
-_pose_grad_op = torch.library.custom_op(
-    "nanodrr_engine::numba_raymarch_rays_pose_grad",
+def _pose_grad_impl(grad, vol, lab, n_classes, cam_to_voxel, src, tgt, n_samples, needs):
+    D, H, W = vol.shape
+    flat = _vol_np(vol)
+    lab_np = _EMPTY_LAB if lab is None else lab.reshape(-1).numpy()
+
+    def kernel(m, s, t, N, g, groups, chunk, dM):
+        _bwd_camera(flat, lab_np, n_classes, D, H, W, m, s, t, N, n_samples, g, groups, chunk, dM)
+
+    return [pose_gradient(grad, cam_to_voxel, src, tgt, kernel)]
+
+
+# Opaque to torch.compile, as the other numba ops; gradients to cam_to_voxel only.
+_rays_op = fused_op(
+    "numba_raymarch_rays",
+    "Tensor vol, Tensor? lab, int n_classes, Tensor cam_to_voxel, Tensor src, Tensor tgt, int n_samples",
+    _rays_impl,
+    _rays_fake,
     _pose_grad_impl,
-    mutates_args=(),
+    differentiable=("cam_to_voxel",),
     device_types="cpu",
-    schema="(Tensor grad, Tensor vol, Tensor? lab, int n_classes, Tensor cam_to_voxel, Tensor src, Tensor tgt, "
-    "int n_samples) -> Tensor",
 )
-
-
-@_pose_grad_op.register_fake
-def _(grad, vol, lab, n_classes, cam_to_voxel, src, tgt, n_samples):
-    return cam_to_voxel.new_empty(cam_to_voxel.shape)
-
-
-def _setup_context(ctx, inputs, output):
-    vol, lab, n_classes, cam_to_voxel, src, tgt, n_samples = inputs
-    ctx.save_for_backward(vol, lab, cam_to_voxel, src, tgt)
-    ctx.n_classes = n_classes
-    ctx.n_samples = n_samples
-
-
-def _backward(ctx, grad):
-    vol, lab, cam_to_voxel, src, tgt = ctx.saved_tensors
-    if ctx.needs_input_grad[0] or ctx.needs_input_grad[4] or ctx.needs_input_grad[5]:  # raymarch_rays refuses
-        raise RuntimeError("numba_raymarch_rays: gradients flow to cam_to_voxel only")
-    d = _pose_grad_op(grad, vol, lab, ctx.n_classes, cam_to_voxel, src, tgt, ctx.n_samples)
-    return None, None, None, d if ctx.needs_input_grad[3] else None, None, None, None
-
-
-_rays_op.register_autograd(_backward, setup_context=_setup_context)

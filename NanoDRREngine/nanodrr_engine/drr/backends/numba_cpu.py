@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from ._contract import check_raymarch_args, check_sample_counts
+from .fused_op import fused_op
 
 try:  # numba is optional: this module must import (and ``is_available`` answer) without it.
     import numba
@@ -120,7 +121,7 @@ if _IMPORT_ERROR is None:
         return value
 
     @intrinsic
-    def _ld(typingctx, arr, idx):
+    def _load_unchecked(typingctx, arr, idx):
         """``arr.flat[idx]`` without wraparound or bounds checks (callers check ``idx``)."""
         if not isinstance(arr, types.Array) or not isinstance(idx, types.Integer):
             return None
@@ -133,7 +134,7 @@ if _IMPORT_ERROR is None:
         return arr.dtype(arr, idx), codegen
 
     @intrinsic
-    def _ld_label(typingctx, arr, idx):
+    def _load_label(typingctx, arr, idx):
         """``arr.flat[idx]`` as int64, for 8/16-bit arrays via an aligned-agnostic 32-bit load.
 
         x86 has no byte or word gathers: reading the 32-bit word that holds the element (moved
@@ -167,7 +168,7 @@ if _IMPORT_ERROR is None:
         return types.int64(arr, idx), codegen
 
     @intrinsic
-    def _ld_pair(typingctx, arr, idx):
+    def _load_pair(typingctx, arr, idx):
         """``(arr.flat[idx], arr.flat[idx + 1])`` as float32 with one load (vectorises to gathers)."""
         if not isinstance(arr, types.Array) or not isinstance(idx, types.Integer):
             return None
@@ -201,7 +202,7 @@ if _IMPORT_ERROR is None:
         return types.UniTuple(types.float32, 2)(arr, idx), codegen
 
     @intrinsic
-    def _ld_code_pair(typingctx, arr, idx):
+    def _load_code_pair(typingctx, arr, idx):
         """``(arr.flat[idx], arr.flat[idx + 1])`` of a uint16 array of fixed-point codes, as float32
         integers, with one 32-bit load (vectorises to dword gathers; the caller applies the scale)."""
         if (
@@ -242,7 +243,7 @@ if _IMPORT_ERROR is None:
         return types.none(), codegen
 
     @intrinsic
-    def _st(typingctx, arr, idx, val):
+    def _store_unchecked(typingctx, arr, idx, val):
         """``arr.flat[idx] = val`` without wraparound or bounds checks (callers check ``idx``)."""
 
         def codegen(context, builder, sig, args):
@@ -302,7 +303,7 @@ if _IMPORT_ERROR is None:
         return types.uint64(x), codegen
 
     @intrinsic
-    def _pst(typingctx, ptr, idx, val):
+    def _store_at_pointer(typingctx, ptr, idx, val):
         """``ptr[idx] = val`` (raw pointer store)."""
 
         def codegen(context, builder, sig, args):
@@ -313,7 +314,7 @@ if _IMPORT_ERROR is None:
         return types.none(ptr, idx, val), codegen
 
     @intrinsic
-    def _pld(typingctx, ptr, idx):
+    def _load_at_pointer(typingctx, ptr, idx):
         """``ptr[idx]`` (raw pointer load)."""
 
         def codegen(context, builder, sig, args):
@@ -371,7 +372,9 @@ if _IMPORT_ERROR is None:
         return None
 
 else:  # pragma: no cover - the kernels are never compiled without numba
-    _ld = _ld_label = _ld_pair = _ld_code_pair = _st = _pst = _pld = None
+    _load_unchecked = _load_label = _load_pair = _load_code_pair = _store_unchecked = _store_at_pointer = (
+        _load_at_pointer
+    ) = None
     _flat32 = _add32 = _stack_f32 = _stack_i32 = _wide_vectors = _change_bits = _cttz = None
 
 
@@ -461,14 +464,14 @@ def _corners_checked(vol, D, H, W, x, y, z):
     r01 = (jz0 * H + jy1) * W
     r10 = (jz1 * H + jy0) * W
     r11 = (jz1 * H + jy1) * W
-    c000 = _to_f32(_ld(vol, r00 + jx0)) if z0 and y0 and x0 else _F0
-    c001 = _to_f32(_ld(vol, r00 + jx1)) if z0 and y0 and x1 else _F0
-    c010 = _to_f32(_ld(vol, r01 + jx0)) if z0 and y1 and x0 else _F0
-    c011 = _to_f32(_ld(vol, r01 + jx1)) if z0 and y1 and x1 else _F0
-    c100 = _to_f32(_ld(vol, r10 + jx0)) if z1 and y0 and x0 else _F0
-    c101 = _to_f32(_ld(vol, r10 + jx1)) if z1 and y0 and x1 else _F0
-    c110 = _to_f32(_ld(vol, r11 + jx0)) if z1 and y1 and x0 else _F0
-    c111 = _to_f32(_ld(vol, r11 + jx1)) if z1 and y1 and x1 else _F0
+    c000 = _to_f32(_load_unchecked(vol, r00 + jx0)) if z0 and y0 and x0 else _F0
+    c001 = _to_f32(_load_unchecked(vol, r00 + jx1)) if z0 and y0 and x1 else _F0
+    c010 = _to_f32(_load_unchecked(vol, r01 + jx0)) if z0 and y1 and x0 else _F0
+    c011 = _to_f32(_load_unchecked(vol, r01 + jx1)) if z0 and y1 and x1 else _F0
+    c100 = _to_f32(_load_unchecked(vol, r10 + jx0)) if z1 and y0 and x0 else _F0
+    c101 = _to_f32(_load_unchecked(vol, r10 + jx1)) if z1 and y0 and x1 else _F0
+    c110 = _to_f32(_load_unchecked(vol, r11 + jx0)) if z1 and y1 and x0 else _F0
+    c111 = _to_f32(_load_unchecked(vol, r11 + jx1)) if z1 and y1 and x1 else _F0
     return c000, c001, c010, c011, c100, c101, c110, c111, tx, ty, tz
 
 
@@ -510,10 +513,10 @@ def _mu_at(vol, H, W, x, y, z):
     ty = y - fy
     tz = z - fz
     i = _flat32(fx, fy, fz, H, W)
-    c000, c001 = _ld_pair(vol, i)
-    c010, c011 = _ld_pair(vol, _add32(i, W))
-    c100, c101 = _ld_pair(vol, _add32(i, H * W))
-    c110, c111 = _ld_pair(vol, _add32(i, H * W + W))
+    c000, c001 = _load_pair(vol, i)
+    c010, c011 = _load_pair(vol, _add32(i, W))
+    c100, c101 = _load_pair(vol, _add32(i, H * W))
+    c110, c111 = _load_pair(vol, _add32(i, H * W + W))
     c00 = c000 + tx * (c001 - c000)
     c01 = c010 + tx * (c011 - c010)
     c10 = c100 + tx * (c101 - c100)
@@ -561,10 +564,10 @@ def _mu_grad_at(vol, H, W, x, y, z):
     ty = y - fy
     tz = z - fz
     i = _flat32(fx, fy, fz, H, W)
-    c000, c001 = _ld_pair(vol, i)
-    c010, c011 = _ld_pair(vol, _add32(i, W))
-    c100, c101 = _ld_pair(vol, _add32(i, H * W))
-    c110, c111 = _ld_pair(vol, _add32(i, H * W + W))
+    c000, c001 = _load_pair(vol, i)
+    c010, c011 = _load_pair(vol, _add32(i, W))
+    c100, c101 = _load_pair(vol, _add32(i, H * W))
+    c110, c111 = _load_pair(vol, _add32(i, H * W + W))
     d00 = c001 - c000
     d01 = c011 - c010
     d10 = c101 - c100
@@ -674,7 +677,7 @@ def _label_at(lab, D, H, W, x, y, z):
     ry = np.rint(y)
     rz = np.rint(z)
     if rx >= 0.0 and rx <= W - 1 and ry >= 0.0 and ry <= H - 1 and rz >= 0.0 and rz <= D - 1:
-        return np.int64(_ld(lab, (int(rz) * H + int(ry)) * W + int(rx)))
+        return np.int64(_load_unchecked(lab, (int(rz) * H + int(ry)) * W + int(rx)))
     return np.int64(0)
 
 
@@ -689,7 +692,7 @@ def _first_change(lab, H, W, x0, y0, z0, dx, dy, dz, s0, s1, cur):
     for s in range(s0, s1):
         sf = np.float32(s)
         i = _flat32(np.rint(x0 + sf * dx), np.rint(y0 + sf * dy), np.rint(z0 + sf * dz), H, W)
-        first = min(first, s if _ld_label(lab, i) != cur else s1)
+        first = min(first, s if _load_label(lab, i) != cur else s1)
     return first
 
 
@@ -729,7 +732,7 @@ _NO_COUNT = np.zeros(0, np.int64)
 
 
 @njit(fastmath=_FM, cache=True, inline="always")
-def _n_of(cnt, n, r):
+def _ray_sample_count(cnt, n, r):
     """Ray ``r``'s sample count: ``cnt[r]`` (per-ray counts, Joseph's slices; each ≤ n) or ``n``."""
     return cnt[r] if cnt.size > 0 else n
 
@@ -743,7 +746,7 @@ def _ray(start, delta, step, r):
 
 @njit(fastmath=_FM, cache=True)
 def _plain_single(vol, D, H, W, start, delta, step, n, cnt, r, out, o):
-    n = _n_of(cnt, n, r)
+    n = _ray_sample_count(cnt, n, r)
     p, ok = _ray(start, delta, step, r)
     if not ok:
         out[r + o] = _F0 if step[r] == 0 else _NAN
@@ -771,8 +774,10 @@ def _plain_rays(vol, D, H, W, start, delta, step, n, cnt, r0, end, out, o):
         q, ok_q = _ray(start, delta, step, r + 1)
         lo = hi = 0
         if ok_p and ok_q:
-            ap, bp = _ray_interior(p[0], p[1], p[2], p[3], p[4], p[5], D, H, W, _n_of(cnt, n, r))
-            aq, bq = _ray_interior(q[0], q[1], q[2], q[3], q[4], q[5], D, H, W, _n_of(cnt, n, r + 1))
+            ap, bp = _ray_interior(p[0], p[1], p[2], p[3], p[4], p[5], D, H, W, _ray_sample_count(cnt, n, r))
+            aq, bq = _ray_interior(
+                q[0], q[1], q[2], q[3], q[4], q[5], D, H, W, _ray_sample_count(cnt, n, r + 1)
+            )
             lo = max(ap, aq)
             hi = min(bp, bq)
             pab[k, 0] = ap
@@ -810,10 +815,10 @@ def _plain_rays(vol, D, H, W, start, delta, step, n, cnt, r0, end, out, o):
         mp, mq = pacc[k, 0], pacc[k, 1]
         x0, y0, z0, dx, dy, dz = p
         mp += _sum_range(vol, D, H, W, x0, y0, z0, dx, dy, dz, 0, lo, ap, bp)
-        mp += _sum_range(vol, D, H, W, x0, y0, z0, dx, dy, dz, hi, _n_of(cnt, n, r), ap, bp)
+        mp += _sum_range(vol, D, H, W, x0, y0, z0, dx, dy, dz, hi, _ray_sample_count(cnt, n, r), ap, bp)
         x0, y0, z0, dx, dy, dz = q
         mq += _sum_range(vol, D, H, W, x0, y0, z0, dx, dy, dz, 0, lo, aq, bq)
-        mq += _sum_range(vol, D, H, W, x0, y0, z0, dx, dy, dz, hi, _n_of(cnt, n, r + 1), aq, bq)
+        mq += _sum_range(vol, D, H, W, x0, y0, z0, dx, dy, dz, hi, _ray_sample_count(cnt, n, r + 1), aq, bq)
         out[r + o] = step[r] * mp
         out[r + 1 + o] = step[r + 1] * mq
 
@@ -837,7 +842,7 @@ def _fwd_plain(vol, D, H, W, start, delta, step, n, cnt, out, n_groups, chunk):
 @njit(fastmath=_FMV, cache=True, inline="always")
 def _label_inner(lab, H, W, C, x, y, z):
     """Nearest label at an interior point, dropped labels mapped to -1 or C (fits in int32)."""
-    lbl = _ld_label(lab, _flat32(np.rint(x), np.rint(y), np.rint(z), H, W))
+    lbl = _load_label(lab, _flat32(np.rint(x), np.rint(y), np.rint(z), H, W))
     return min(max(lbl, -1), C)
 
 
@@ -846,7 +851,7 @@ def _sum_buf(mu, j, k):
     """``Σ mu[j:k]`` (vectorised: no chain of dependent float additions)."""
     acc = _F0
     for i in range(j, k):
-        acc += _pld(mu, i)
+        acc += _load_at_pointer(mu, i)
     return acc
 
 
@@ -869,7 +874,7 @@ def _scan_runs(mu, lb, m, cur, acc, out, base, N, C, st):
             acc += _sum_buf(mu, j, t)
             if cur >= 0 and cur < C:
                 out[base + cur * N] += st * acc
-            cur = np.int64(_pld(lb, t + 1))
+            cur = np.int64(_load_at_pointer(lb, t + 1))
             acc = _F0
             j = t
     acc += _sum_buf(mu, j, m)
@@ -879,9 +884,9 @@ def _scan_runs(mu, lb, m, cur, acc, out, base, N, C, st):
 @njit(fastmath=_FM, cache=True, inline="always")
 def _pad_labels(lb, m):
     """Repeat the last of ``m`` buffered labels up to the buffer's end (no change there)."""
-    last = _pld(lb, m)
+    last = _load_at_pointer(lb, m)
     for i in range(m + 1, _RUN_BUF + 1):
-        _pst(lb, i, last)
+        _store_at_pointer(lb, i, last)
 
 
 @njit(fastmath=_FMV, cache=True)
@@ -891,14 +896,14 @@ def _labels_chunk(vol, lab, H, W, C, N, p, s0, s1, cur, acc, out, base, st):
     _wide_vectors()
     mu = _stack_f32()
     lb = _stack_i32()
-    _pst(lb, 0, min(max(cur, -1), C))
+    _store_at_pointer(lb, 0, min(max(cur, -1), C))
     for s in range(s0, s1):
         sf = np.float32(s)
         x = p[0] + sf * p[3]
         y = p[1] + sf * p[4]
         z = p[2] + sf * p[5]
-        _pst(mu, s - s0, _mu_at(vol, H, W, x, y, z))
-        _pst(lb, s - s0 + 1, _label_inner(lab, H, W, C, x, y, z))
+        _store_at_pointer(mu, s - s0, _mu_at(vol, H, W, x, y, z))
+        _store_at_pointer(lb, s - s0 + 1, _label_inner(lab, H, W, C, x, y, z))
     _pad_labels(lb, s1 - s0)
     return _scan_runs(mu, lb, s1 - s0, cur, acc, out, base, N, C, st)
 
@@ -913,20 +918,20 @@ def _labels_chunk2(
     lb_p = _stack_i32()
     mu_q = _stack_f32()
     lb_q = _stack_i32()
-    _pst(lb_p, 0, min(max(cur_p, -1), C))
-    _pst(lb_q, 0, min(max(cur_q, -1), C))
+    _store_at_pointer(lb_p, 0, min(max(cur_p, -1), C))
+    _store_at_pointer(lb_q, 0, min(max(cur_q, -1), C))
     for s in range(s0, s1):
         sf = np.float32(s)
         x = p[0] + sf * p[3]
         y = p[1] + sf * p[4]
         z = p[2] + sf * p[5]
-        _pst(mu_p, s - s0, _mu_at(vol, H, W, x, y, z))
-        _pst(lb_p, s - s0 + 1, _label_inner(lab, H, W, C, x, y, z))
+        _store_at_pointer(mu_p, s - s0, _mu_at(vol, H, W, x, y, z))
+        _store_at_pointer(lb_p, s - s0 + 1, _label_inner(lab, H, W, C, x, y, z))
         x = q[0] + sf * q[3]
         y = q[1] + sf * q[4]
         z = q[2] + sf * q[5]
-        _pst(mu_q, s - s0, _mu_at(vol, H, W, x, y, z))
-        _pst(lb_q, s - s0 + 1, _label_inner(lab, H, W, C, x, y, z))
+        _store_at_pointer(mu_q, s - s0, _mu_at(vol, H, W, x, y, z))
+        _store_at_pointer(lb_q, s - s0 + 1, _label_inner(lab, H, W, C, x, y, z))
     _pad_labels(lb_p, s1 - s0)
     _pad_labels(lb_q, s1 - s0)
     cur_p, acc_p = _scan_runs(mu_p, lb_p, s1 - s0, cur_p, acc_p, out, base_p, N, C, st_p)
@@ -964,16 +969,16 @@ def _labels_range(vol, lab, D, H, W, C, N, p, sa, sb, a, b, cur, acc, out, base,
 
 
 @njit(fastmath=_FM, cache=True, inline="always")
-def _base(r, N, C):
+def _channel0_index(r, N, C):
     """Flat index of ray ``r``'s channel 0 in a ``[B, C, N]`` output."""
     return (r // N) * C * N + r % N
 
 
 @njit(fastmath=_FM, cache=True)
 def _labels_single(vol, lab, D, H, W, C, N, start, delta, step, n, cnt, r, out, o):
-    n = _n_of(cnt, n, r)
+    n = _ray_sample_count(cnt, n, r)
     p, ok = _ray(start, delta, step, r)
-    base = _base(r + o, N, C)
+    base = _channel0_index(r + o, N, C)
     if not ok:
         if step[r] != 0:  # non-finite geometry
             for c in range(C):
@@ -1002,8 +1007,10 @@ def _labels_rays(vol, lab, D, H, W, C, N, start, delta, step, n, cnt, r0, end, o
         q, ok_q = _ray(start, delta, step, r + 1)
         lo = hi = 0
         if ok_p and ok_q:
-            ap, bp = _ray_interior(p[0], p[1], p[2], p[3], p[4], p[5], D, H, W, _n_of(cnt, n, r))
-            aq, bq = _ray_interior(q[0], q[1], q[2], q[3], q[4], q[5], D, H, W, _n_of(cnt, n, r + 1))
+            ap, bp = _ray_interior(p[0], p[1], p[2], p[3], p[4], p[5], D, H, W, _ray_sample_count(cnt, n, r))
+            aq, bq = _ray_interior(
+                q[0], q[1], q[2], q[3], q[4], q[5], D, H, W, _ray_sample_count(cnt, n, r + 1)
+            )
             lo = max(ap, aq)
             hi = min(bp, bq)
         if hi - lo < 16:  # no worthwhile common interior
@@ -1013,7 +1020,7 @@ def _labels_rays(vol, lab, D, H, W, C, N, start, delta, step, n, cnt, r0, end, o
         bounds[k, 0], bounds[k, 1], bounds[k, 2], bounds[k, 3], bounds[k, 4], bounds[k, 5] = (
             lo, hi, ap, bp, aq, bq
         )  # fmt: skip
-        bp_, bq_ = _base(r + o, N, C), _base(r + 1 + o, N, C)
+        bp_, bq_ = _channel0_index(r + o, N, C), _channel0_index(r + 1 + o, N, C)
         runs[k, 0], accs[k, 0] = _labels_range(
             vol, lab, D, H, W, C, N, p, 0, lo, ap, bp, np.int64(-1), _F0, out, bp_, step[r]
         )
@@ -1032,7 +1039,7 @@ def _labels_rays(vol, lab, D, H, W, C, N, start, delta, step, n, cnt, r0, end, o
             r = r0 + 2 * k
             p, _ = _ray(start, delta, step, r)
             q, _ = _ray(start, delta, step, r + 1)
-            bp_, bq_ = _base(r + o, N, C), _base(r + 1 + o, N, C)
+            bp_, bq_ = _channel0_index(r + o, N, C), _channel0_index(r + 1 + o, N, C)
             runs[k, 0], accs[k, 0], runs[k, 1], accs[k, 1] = _labels_chunk2(
                 vol, lab, H, W, C, N, p, q, s0, s1, runs[k, 0], accs[k, 0], runs[k, 1], accs[k, 1],
                 out, bp_, bq_, step[r], step[r + 1],
@@ -1051,10 +1058,10 @@ def _labels_rays(vol, lab, D, H, W, C, N, start, delta, step, n, cnt, r0, end, o
         r = r0 + 2 * k
         p, _ = _ray(start, delta, step, r)
         q, _ = _ray(start, delta, step, r + 1)
-        bp_, bq_ = _base(r + o, N, C), _base(r + 1 + o, N, C)
+        bp_, bq_ = _channel0_index(r + o, N, C), _channel0_index(r + 1 + o, N, C)
         sp, sq = step[r], step[r + 1]
         cp, accp, cq, accq = runs[k, 0], accs[k, 0], runs[k, 1], accs[k, 1]
-        np_, nq = _n_of(cnt, n, r), _n_of(cnt, n, r + 1)
+        np_, nq = _ray_sample_count(cnt, n, r), _ray_sample_count(cnt, n, r + 1)
         cp, accp = _labels_range(vol, lab, D, H, W, C, N, p, hi, np_, ap, bp, cp, accp, out, bp_, sp)
         cq, accq = _labels_range(vol, lab, D, H, W, C, N, q, hi, nq, aq, bq, cq, accq, out, bq_, sq)
         if cp >= 0 and cp < C:
@@ -1082,7 +1089,7 @@ def _bwd_single(
     vol, lab, C, N, D, H, W, gout, start, delta, step, n, cnt, dstart, ddelta, dstep, pos, need_step, r, o
 ):
     """``_bwd_rays`` for ray ``r`` alone (its output gradient is that of ray ``r + o``)."""
-    n = _n_of(cnt, n, r)
+    n = _ray_sample_count(cnt, n, r)
     has_lab = lab.size > 0
     st = step[r]
     sm = gx = gy = gz = sx = sy = sz = np.float64(0.0)
@@ -1093,12 +1100,12 @@ def _bwd_single(
         if need_step and _finite_ray(x0, y0, z0, dx, dy, dz):
             lbl = _label_at(lab, D, H, W, x0, y0, z0) if has_lab else np.int64(0)
             if lbl >= 0 and lbl < C:
-                gw = np.float64(gout[_base(r + o, N, C) + lbl * N])
+                gw = np.float64(gout[_channel0_index(r + o, N, C) + lbl * N])
                 sm = gw * n * _sample_checked(vol, D, H, W, x0, y0, z0)
     elif (st != 0 or need_step) and _finite_ray(x0, y0, z0, dx, dy, dz):
         pos_r = pos and st != 0
         a, b = _ray_interior(x0, y0, z0, dx, dy, dz, D, H, W, n)
-        base = _base(r + o, N, C)
+        base = _channel0_index(r + o, N, C)
         cur = _label_at(lab, D, H, W, x0, y0, z0) if has_lab else np.int64(0)
         s0 = 0
         while s0 < n:
@@ -1170,8 +1177,12 @@ def _bwd_rays_chunk(
             p, ok_p = _ray(start, delta, step, r)
             q, ok_q = _ray(start, delta, step, r + 1)
             if ok_p and ok_q:
-                ap, bp = _ray_interior(p[0], p[1], p[2], p[3], p[4], p[5], D, H, W, _n_of(cnt, n, r))
-                aq, bq = _ray_interior(q[0], q[1], q[2], q[3], q[4], q[5], D, H, W, _n_of(cnt, n, r + 1))
+                ap, bp = _ray_interior(
+                    p[0], p[1], p[2], p[3], p[4], p[5], D, H, W, _ray_sample_count(cnt, n, r)
+                )
+                aq, bq = _ray_interior(
+                    q[0], q[1], q[2], q[3], q[4], q[5], D, H, W, _ray_sample_count(cnt, n, r + 1)
+                )
                 lo = max(ap, aq)
                 hi = min(bp, bq)
         if hi - lo < 16:  # singles (labels, odd ray, or no worthwhile common interior)
@@ -1213,8 +1224,8 @@ def _bwd_rays_chunk(
         q, _ = _ray(start, delta, step, r + 1)
         ip = (sums[k, 0], sums[k, 1], sums[k, 2], sums[k, 3], sums[k, 4], sums[k, 5], sums[k, 6])
         iq = (sums[k, 7], sums[k, 8], sums[k, 9], sums[k, 10], sums[k, 11], sums[k, 12], sums[k, 13])
-        op = _bwd_pair_parts(vol, D, H, W, p, ap, bp, lo, hi, _n_of(cnt, n, r), pos)
-        oq = _bwd_pair_parts(vol, D, H, W, q, aq, bq, lo, hi, _n_of(cnt, n, r + 1), pos)
+        op = _bwd_pair_parts(vol, D, H, W, p, ap, bp, lo, hi, _ray_sample_count(cnt, n, r), pos)
+        oq = _bwd_pair_parts(vol, D, H, W, q, aq, bq, lo, hi, _ray_sample_count(cnt, n, r + 1), pos)
         wp = np.float64(gout[r + o])
         wq = np.float64(gout[r + 1 + o])
         sp = (
@@ -1311,14 +1322,14 @@ def _bwd_vol(lab, C, N, D, H, W, gout, start, delta, step, n, cnt, axis, slab, n
                 dx, dy, dz = delta[r, 0], delta[r, 1], delta[r, 2]
                 if not _finite_ray(x0, y0, z0, dx, dy, dz):
                     continue
-                n_r = _n_of(cnt, n, r)
+                n_r = _ray_sample_count(cnt, n, r)
                 if axis == 0:
                     sa, sb = _slab_range(np.float64(z0), np.float64(dz), lo, hi, n_r)
                 elif axis == 1:
                     sa, sb = _slab_range(np.float64(y0), np.float64(dy), lo, hi, n_r)
                 else:
                     sa, sb = _slab_range(np.float64(x0), np.float64(dx), lo, hi, n_r)
-                base = _base(r, N, C)
+                base = _channel0_index(r, N, C)
                 g_plain = gout[base]
                 for s in range(sa, sb):
                     sf = np.float32(s)
@@ -1356,14 +1367,14 @@ def _bwd_vol(lab, C, N, D, H, W, gout, start, delta, step, n, cnt, axis, slab, n
                     ):  # fmt: skip
                         # all 8 corners inside the volume and this slab: no per-corner checks
                         i = (iz * H + iy) * W + ix
-                        _st(dvol, i, _ld(dvol, i) + wts[0])
-                        _st(dvol, i + 1, _ld(dvol, i + 1) + wts[1])
-                        _st(dvol, i + W, _ld(dvol, i + W) + wts[2])
-                        _st(dvol, i + W + 1, _ld(dvol, i + W + 1) + wts[3])
-                        _st(dvol, i + HW, _ld(dvol, i + HW) + wts[4])
-                        _st(dvol, i + HW + 1, _ld(dvol, i + HW + 1) + wts[5])
-                        _st(dvol, i + HW + W, _ld(dvol, i + HW + W) + wts[6])
-                        _st(dvol, i + HW + W + 1, _ld(dvol, i + HW + W + 1) + wts[7])
+                        _store_unchecked(dvol, i, _load_unchecked(dvol, i) + wts[0])
+                        _store_unchecked(dvol, i + 1, _load_unchecked(dvol, i + 1) + wts[1])
+                        _store_unchecked(dvol, i + W, _load_unchecked(dvol, i + W) + wts[2])
+                        _store_unchecked(dvol, i + W + 1, _load_unchecked(dvol, i + W + 1) + wts[3])
+                        _store_unchecked(dvol, i + HW, _load_unchecked(dvol, i + HW) + wts[4])
+                        _store_unchecked(dvol, i + HW + 1, _load_unchecked(dvol, i + HW + 1) + wts[5])
+                        _store_unchecked(dvol, i + HW + W, _load_unchecked(dvol, i + HW + W) + wts[6])
+                        _store_unchecked(dvol, i + HW + W + 1, _load_unchecked(dvol, i + HW + W + 1) + wts[7])
                         continue
                     for cz in range(2):
                         kz = iz + cz
@@ -1378,7 +1389,9 @@ def _bwd_vol(lab, C, N, D, H, W, gout, start, delta, step, n, cnt, axis, slab, n
                                 if kx < 0 or kx >= W or (axis == 2 and (kx < lo or kx >= hi)):
                                     continue
                                 k = (kz * H + ky) * W + kx
-                                _st(dvol, k, _ld(dvol, k) + wts[4 * cz + 2 * cy + cx])
+                                _store_unchecked(
+                                    dvol, k, _load_unchecked(dvol, k) + wts[4 * cz + 2 * cy + cx]
+                                )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1454,29 +1467,27 @@ def _forward_impl(vol, lab, n_classes, start, delta, step, n_samples, count):
     return out
 
 
-def _backward_impl(
-    grad, vol, lab, n_classes, start, delta, step, n_samples, count, need_vol, need_pos, need_step
-):
+def _backward_impl(grad, vol, lab, n_classes, start, delta, step, n_samples, count, needs):
+    need_vol, need_start, need_delta, need_step = needs
+    need_pos = need_start or need_delta  # one kernel gives both
     D, H, W = vol.shape
     B, N = step.shape
     st, de, sp = _geometry_np(start, delta, step)
     cnt = _count_np(count)
     g = grad.detach().to(torch.float32).contiguous().view(-1).numpy()
     C = n_classes if lab is not None else 1
-    # unused gradients are distinct empty tensors (outputs of a custom op must not alias)
-    dvol, dstart, ddelta, dstep = (torch.empty(0, dtype=torch.float32) for _ in range(4))
+    dvol = dstart = ddelta = dstep = None
     if need_pos or need_step:
         dstep64 = np.empty(B * N if need_step else 0, np.float64)
-        pos = bool(need_pos)
-        dstart64 = np.empty((B * N, 3) if pos else (0, 3), np.float64)
-        ddelta64 = np.empty((B * N, 3) if pos else (0, 3), np.float64)
+        dstart64 = np.empty((B * N, 3) if need_pos else (0, 3), np.float64)
+        ddelta64 = np.empty((B * N, 3) if need_pos else (0, 3), np.float64)
         _bwd_rays(
             _vol_np(vol), _lab_np(lab), C, N, D, H, W, g, st, de, sp, n_samples, cnt,
-            dstart64, ddelta64, dstep64, pos, bool(need_step), *_schedule(B * N),
+            dstart64, ddelta64, dstep64, need_pos, bool(need_step), *_schedule(B * N),
         )  # fmt: skip
         if need_step:
             dstep = torch.from_numpy(dstep64).to(torch.float32).view(B, N)
-        if pos:
+        if need_pos:
             dstart = torch.from_numpy(dstart64).to(torch.float32).view(B, N, 3)
             ddelta = torch.from_numpy(ddelta64).to(torch.float32).view(B, N, 3)
     if need_vol:
@@ -1493,69 +1504,20 @@ def _backward_impl(
     return dvol, dstart, ddelta, dstep
 
 
-# The ops are opaque to torch.compile (registered fake kernels give output shapes).
-_raymarch_op = torch.library.custom_op(
-    "nanodrr_engine::numba_raymarch",
-    _forward_impl,
-    mutates_args=(),
-    device_types="cpu",
-    schema="(Tensor vol, Tensor? lab, int n_classes, Tensor start, Tensor delta, Tensor step, "
-    "int n_samples, Tensor? count) -> Tensor",
-)
-_raymarch_backward_op = torch.library.custom_op(
-    "nanodrr_engine::numba_raymarch_backward",
-    _backward_impl,
-    mutates_args=(),
-    device_types="cpu",
-    schema="(Tensor grad, Tensor vol, Tensor? lab, int n_classes, Tensor start, Tensor delta, Tensor step, "
-    "int n_samples, Tensor? count, bool need_vol, bool need_pos, bool need_step) "
-    "-> (Tensor, Tensor, Tensor, Tensor)",
-)
-
-
-@_raymarch_op.register_fake
-def _(vol, lab, n_classes, start, delta, step, n_samples, count):
+def _forward_fake(vol, lab, n_classes, start, delta, step, n_samples, count):
     return start.new_empty(step.shape[0], n_classes, step.shape[1])
 
 
-@_raymarch_backward_op.register_fake
-def _(grad, vol, lab, n_classes, start, delta, step, n_samples, count, need_vol, need_pos, need_step):
-    return (
-        vol.new_empty(vol.shape) if need_vol else start.new_empty(0),
-        start.new_empty(start.shape) if need_pos else start.new_empty(0),
-        delta.new_empty(delta.shape) if need_pos else start.new_empty(0),
-        step.new_empty(step.shape) if need_step else start.new_empty(0),
-    )
-
-
-def _setup_context(ctx, inputs, output):
-    vol, lab, n_classes, start, delta, step, n_samples, count = inputs
-    ctx.save_for_backward(vol, lab, start, delta, step, count)
-    ctx.n_classes = n_classes
-    ctx.n_samples = n_samples
-
-
-def _backward(ctx, grad):
-    vol, lab, start, delta, step, count = ctx.saved_tensors
-    need_vol = ctx.needs_input_grad[0]
-    need_pos = ctx.needs_input_grad[3] or ctx.needs_input_grad[4]
-    need_step = ctx.needs_input_grad[5]
-    dvol, dstart, ddelta, dstep = _raymarch_backward_op(
-        grad, vol, lab, ctx.n_classes, start, delta, step, ctx.n_samples, count, need_vol, need_pos, need_step
-    )
-    return (
-        dvol if need_vol else None,
-        None,
-        None,
-        dstart if ctx.needs_input_grad[3] else None,
-        ddelta if ctx.needs_input_grad[4] else None,
-        dstep if need_step else None,
-        None,
-        None,
-    )
-
-
-_raymarch_op.register_autograd(_backward, setup_context=_setup_context)
+# Opaque to torch.compile (the fake kernel gives the output's shape); gradients to vol and the rays.
+_raymarch_op = fused_op(
+    "numba_raymarch",
+    "Tensor vol, Tensor? lab, int n_classes, Tensor start, Tensor delta, Tensor step, int n_samples, Tensor? count",
+    _forward_impl,
+    _forward_fake,
+    _backward_impl,
+    differentiable=("vol", "start", "delta", "step"),
+    device_types="cpu",
+)
 
 
 def raymarch(
@@ -1567,6 +1529,7 @@ def raymarch(
     step: torch.Tensor,
     n_samples: int,
     count: torch.Tensor | None = None,
+    width: int = 0,
 ) -> torch.Tensor:
     """Fused numba ray march; see :mod:`nanodrr_engine.drr.backends` for the exact contract.
 
@@ -1580,6 +1543,7 @@ def raymarch(
         n_samples: ``S >= 1`` samples per ray.
         count: ``[B, N]`` integer per-ray sample counts in ``[0, S]`` (ray ``r`` keeps its samples
             ``s < count[r]``: Joseph's slices, ``torch_ref.raymarch(count=)``), or ``None``.
+        width: the image width (the contract's; ignored: rays are scheduled in flat chunks).
 
     Returns:
         ``[B, C, N]`` float32 line integrals, differentiable w.r.t. vol, start, delta and step.

@@ -45,10 +45,10 @@ from collections import OrderedDict
 
 import numpy as np
 import torch
-from torch.autograd.function import once_differentiable
 
 from ._contract import check_march_args, check_pose_only_grad, check_ray_count
-from .numba_camera import _clip, _ray_ends, _to_voxel, camera_arrays
+from .fused_op import fused_op
+from .numba_camera import _clip, _ray_ends, _to_voxel, camera_arrays, pose_gradient
 from .numba_cpu import (
     _F0,
     _FM,
@@ -57,23 +57,23 @@ from .numba_cpu import (
     _NAN,
     _RUN_BUF,
     _add32,
-    _base,
+    _channel0_index,
     _finite_ray,
     _flat32,
     _grad_inner2,
     _grad_range,
     _label_inner,
     _labels_range,
-    _ld_code_pair,
-    _ld_pair,
+    _load_code_pair,
+    _load_pair,
     _pad_labels,
-    _pst,
     _ray_interior,
     _sample_checked,
     _scan_runs,
     _schedule,
     _stack_f32,
     _stack_i32,
+    _store_at_pointer,
     _vol_np,
     _wide_vectors,
     is_available,
@@ -105,8 +105,8 @@ _CACHED_VOLUMES = 2
 @njit(fastmath=_FMV, cache=True, inline="always")
 def _pair(code, i, q):
     if q is None:
-        return _ld_pair(code, i)
-    return _ld_code_pair(code, i)
+        return _load_pair(code, i)
+    return _load_code_pair(code, i)
 
 
 @njit(fastmath=_FM, cache=True, inline="always")
@@ -381,7 +381,7 @@ def _single(vol, code, q, D, H, W, cam_to_voxel, src, tgt, out, r, N):
 
 
 @njit(fastmath=_FM, cache=True)
-def _quad_setup(vol, code, q, D, H, W, cam_to_voxel, src, tgt, out, r, N, P, SC, CN, AB, OF, PL, k):
+def _setup_ray_quad(vol, code, q, D, H, W, cam_to_voxel, src, tgt, out, r, N, P, SC, CN, AB, OF, PL, k):
     """Geometry of rays ``r .. r+3`` into row ``k`` of the chunk's arrays.
 
     Four rays march in lockstep when their samples lie on planes of one axis, in one direction:
@@ -466,7 +466,7 @@ def _fwd_slice_rays(vol, code, q, D, H, W, cam_to_voxel, src, tgt, out, n_groups
             ACC = np.zeros((nq, _LANES), np.float32)  # lockstep sums
             top = 0
             for k in range(nq):
-                AX[k], LH[k, 0], LH[k, 1] = _quad_setup(
+                AX[k], LH[k, 0], LH[k, 1] = _setup_ray_quad(
                     vol, code, q, D, H, W, cam_to_voxel, src, tgt, out, r0 + _LANES * k, N,
                     P, SC, CN, AB, OF, PL, k,
                 )  # fmt: skip
@@ -546,30 +546,30 @@ def _labels_planes2(
     lb_p = _stack_i32()
     mu_r = _stack_f32()
     lb_r = _stack_i32()
-    _pst(lb_p, 0, min(max(cur_p, -1), C))
-    _pst(lb_r, 0, min(max(cur_r, -1), C))
+    _store_at_pointer(lb_p, 0, min(max(cur_p, -1), C))
+    _store_at_pointer(lb_r, 0, min(max(cur_r, -1), C))
     # one loop per axis, so that each is branch-free and vectorised
     if axis == 1:
         for s in range(s0, s1):
             sf = np.float32(s)
-            _pst(mu_p, s - s0, _scaled(_on_j_plane(code, H, W, p, sf, q), q))
-            _pst(lb_p, s - s0 + 1, _label_of(lab, H, W, C, p, sf))
-            _pst(mu_r, s - s0, _scaled(_on_j_plane(code, H, W, r, sf, q), q))
-            _pst(lb_r, s - s0 + 1, _label_of(lab, H, W, C, r, sf))
+            _store_at_pointer(mu_p, s - s0, _scaled(_on_j_plane(code, H, W, p, sf, q), q))
+            _store_at_pointer(lb_p, s - s0 + 1, _label_of(lab, H, W, C, p, sf))
+            _store_at_pointer(mu_r, s - s0, _scaled(_on_j_plane(code, H, W, r, sf, q), q))
+            _store_at_pointer(lb_r, s - s0 + 1, _label_of(lab, H, W, C, r, sf))
     elif axis == 2:
         for s in range(s0, s1):
             sf = np.float32(s)
-            _pst(mu_p, s - s0, _scaled(_on_k_plane(code, H, W, p, sf, q), q))
-            _pst(lb_p, s - s0 + 1, _label_of(lab, H, W, C, p, sf))
-            _pst(mu_r, s - s0, _scaled(_on_k_plane(code, H, W, r, sf, q), q))
-            _pst(lb_r, s - s0 + 1, _label_of(lab, H, W, C, r, sf))
+            _store_at_pointer(mu_p, s - s0, _scaled(_on_k_plane(code, H, W, p, sf, q), q))
+            _store_at_pointer(lb_p, s - s0 + 1, _label_of(lab, H, W, C, p, sf))
+            _store_at_pointer(mu_r, s - s0, _scaled(_on_k_plane(code, H, W, r, sf, q), q))
+            _store_at_pointer(lb_r, s - s0 + 1, _label_of(lab, H, W, C, r, sf))
     else:
         for s in range(s0, s1):
             sf = np.float32(s)
-            _pst(mu_p, s - s0, _scaled(_anywhere(code, H, W, p, sf, q), q))
-            _pst(lb_p, s - s0 + 1, _label_of(lab, H, W, C, p, sf))
-            _pst(mu_r, s - s0, _scaled(_anywhere(code, H, W, r, sf, q), q))
-            _pst(lb_r, s - s0 + 1, _label_of(lab, H, W, C, r, sf))
+            _store_at_pointer(mu_p, s - s0, _scaled(_anywhere(code, H, W, p, sf, q), q))
+            _store_at_pointer(lb_p, s - s0 + 1, _label_of(lab, H, W, C, p, sf))
+            _store_at_pointer(mu_r, s - s0, _scaled(_anywhere(code, H, W, r, sf, q), q))
+            _store_at_pointer(lb_r, s - s0 + 1, _label_of(lab, H, W, C, r, sf))
     _pad_labels(lb_p, s1 - s0)
     _pad_labels(lb_r, s1 - s0)
     cur_p, acc_p = _scan_runs(mu_p, lb_p, s1 - s0, cur_p, acc_p, out, base_p, N, C, st_p)
@@ -578,10 +578,10 @@ def _labels_planes2(
 
 
 @njit(fastmath=_FM, cache=True)
-def _pair_setup(D, H, W, cam_to_voxel, src, tgt, r, N, P, SC, CN, AB, k):
+def _setup_ray_pair(D, H, W, cam_to_voxel, src, tgt, r, N, P, SC, CN, AB, k):
     """Geometry of rays ``r``, ``r + 1`` (one image) into row ``k``: ``P[k, 0]`` = p, ``P[k, 1]`` = q,
     ``P[k, 2]`` = q restarted at p's first plane (its sample ``t − o`` at lockstep index ``t``, as in
-    ``_quad_setup``). Returns ``(lo, hi, o, p's plane axis)``, ``hi − lo < _MIN_COMMON`` when they
+    ``_setup_ray_quad``). Returns ``(lo, hi, o, p's plane axis)``, ``hi − lo < _MIN_COMMON`` when they
     cannot march in lockstep (other plane axes or directions, too short a common interior)."""
     b = r // N
     n = r - b * N
@@ -628,28 +628,28 @@ def _labels_rays_chunk(vol, code, q, lab, D, H, W, C, N, cam_to_voxel, src, tgt,
         single = (r % N) + 1 >= N  # the pair would straddle two images
         lo = hi = o = 0
         if not single:
-            lo, hi, o, axis = _pair_setup(D, H, W, cam_to_voxel, src, tgt, r, N, P, SC, CN, AB, k)
+            lo, hi, o, axis = _setup_ray_pair(D, H, W, cam_to_voxel, src, tgt, r, N, P, SC, CN, AB, k)
         if single or hi - lo < _MIN_COMMON:
             for j in range(2):
                 b = (r + j) // N
                 p, scale, cnt = _ray_of(D, H, W, cam_to_voxel, src, tgt, b, r + j - b * N)
-                _labels_one(vol, lab, D, H, W, C, N, p, scale, cnt, out, _base(r + j, N, C))
+                _labels_one(vol, lab, D, H, W, C, N, p, scale, cnt, out, _channel0_index(r + j, N, C))
             continue
         LH[k, 0], LH[k, 1], LH[k, 2], LH[k, 3] = lo, hi, o, axis
         top = max(top, hi)
         RUN[k, 0], ACC[k, 0] = _labels_range(
             vol, lab, D, H, W, C, N, _ray_tuple(P, k, 0), 0, lo, AB[k, 0], AB[k, 1], m1, _F0, out,
-            _base(r, N, C), SC[k, 0],
+            _channel0_index(r, N, C), SC[k, 0],
         )  # fmt: skip
         RUN[k, 1], ACC[k, 1] = _labels_range(
             vol, lab, D, H, W, C, N, _ray_tuple(P, k, 1), 0, lo - o, AB[k, 2], AB[k, 3], m1, _F0, out,
-            _base(r + 1, N, C), SC[k, 1],
+            _channel0_index(r + 1, N, C), SC[k, 1],
         )  # fmt: skip
     if r0 + 2 * n_pairs < end:
         r = end - 1
         b = r // N
         p, scale, cnt = _ray_of(D, H, W, cam_to_voxel, src, tgt, b, r - b * N)
-        _labels_one(vol, lab, D, H, W, C, N, p, scale, cnt, out, _base(r, N, C))
+        _labels_one(vol, lab, D, H, W, C, N, p, scale, cnt, out, _channel0_index(r, N, C))
     for sg in range(0, top, _RUN_BUF):
         for k in range(n_pairs):
             s0 = max(LH[k, 0], sg)
@@ -659,7 +659,7 @@ def _labels_rays_chunk(vol, code, q, lab, D, H, W, C, N, cam_to_voxel, src, tgt,
             r = r0 + 2 * k
             RUN[k, 0], ACC[k, 0], RUN[k, 1], ACC[k, 1] = _labels_planes2(
                 code, q, lab, H, W, C, N, LH[k, 3], _ray_tuple(P, k, 0), _ray_tuple(P, k, 2), s0, s1,
-                RUN[k, 0], ACC[k, 0], RUN[k, 1], ACC[k, 1], out, _base(r, N, C), _base(r + 1, N, C),
+                RUN[k, 0], ACC[k, 0], RUN[k, 1], ACC[k, 1], out, _channel0_index(r, N, C), _channel0_index(r + 1, N, C),
                 SC[k, 0], SC[k, 1],
             )  # fmt: skip
     for k in range(n_pairs):
@@ -668,7 +668,7 @@ def _labels_rays_chunk(vol, code, q, lab, D, H, W, C, N, cam_to_voxel, src, tgt,
             continue
         r = r0 + 2 * k
         for j in range(2):
-            base = _base(r + j, N, C)
+            base = _channel0_index(r + j, N, C)
             cur, acc = _labels_range(
                 vol, lab, D, H, W, C, N, _ray_tuple(P, k, j), hi - j * o, CN[k, j], AB[k, 2 * j],
                 AB[k, 2 * j + 1], RUN[k, j], ACC[k, j], out, base, SC[k, j],
@@ -764,7 +764,7 @@ def _pose_ray(vol, D, H, W, M, src, tgt, N, gout, r, dM):
 
 
 @njit(fastmath=_FM, cache=True, inline="always")
-def _add7(x, y):
+def _add_elementwise7(x, y):
     return (x[0] + y[0], x[1] + y[1], x[2] + y[2], x[3] + y[3], x[4] + y[4], x[5] + y[5], x[6] + y[6])
 
 
@@ -772,7 +772,7 @@ def _add7(x, y):
 def _pose_rays_chunk(vol, D, H, W, M, src, tgt, N, gout, r0, end, dM):
     """``_pose_chain`` of rays ``r0 ≤ r < end`` into ``dM[b]`` (their images' matrices). Neighbouring
     rays go in pairs, in lockstep over their common interior when their samples lie on planes of one
-    axis in one direction (``q`` restarted at ``p``'s first plane, as in ``_quad_setup``), all the
+    axis in one direction (``q`` restarted at ``p``'s first plane, as in ``_setup_ray_quad``), all the
     chunk's pairs one ``_SEGMENT`` after the other (as the forward's quads)."""
     n_pairs = (end - r0) // 2
     P = np.empty((n_pairs, 3, 6), np.float32)  # p, q, q restarted
@@ -786,7 +786,7 @@ def _pose_rays_chunk(vol, D, H, W, M, src, tgt, N, gout, r0, end, dM):
         r = r0 + 2 * k
         lo = hi = o = 0
         if (r % N) + 1 < N:  # both rays in one image
-            lo, hi, o, _ = _pair_setup(D, H, W, M, src, tgt, r, N, P, SC, CN, AB, k)
+            lo, hi, o, _ = _setup_ray_pair(D, H, W, M, src, tgt, r, N, P, SC, CN, AB, k)
         if hi - lo < _MIN_COMMON:
             _pose_ray(vol, D, H, W, M, src, tgt, N, gout, r, dM)
             _pose_ray(vol, D, H, W, M, src, tgt, N, gout, r + 1, dM)
@@ -796,7 +796,7 @@ def _pose_rays_chunk(vol, D, H, W, M, src, tgt, N, gout, r0, end, dM):
         for j, off in ((0, 0), (1, o)):
             x = _ray_tuple(P, k, j)
             a, e = AB[k, 2 * j], AB[k, 2 * j + 1]
-            ends = _add7(
+            ends = _add_elementwise7(
                 _grad_part(vol, D, H, W, x, 0, lo - off, a, e),
                 _grad_part(vol, D, H, W, x, hi - off, CN[k, j], a, e),
             )
@@ -842,33 +842,38 @@ def _bwd_slice_camera(vol, D, H, W, M, src, tgt, N, gout, n_groups, chunk, dM):
             )
 
 
-class _PoseDifferentiable(torch.autograd.Function):
-    """Joseph's plain render, differentiable w.r.t. ``cam_to_voxel`` (forward: ``_fwd_slice_rays``)."""
+def _pose_forward(vol, cam_to_voxel, src, tgt, fixed_point):
+    return slicemarch_rays(vol, cam_to_voxel, src, tgt, fixed_point)
 
-    @staticmethod
-    def forward(ctx, vol, cam_to_voxel, src, tgt, fixed_point):
-        ctx.save_for_backward(vol, cam_to_voxel, src, tgt)
-        return slicemarch_rays(vol, cam_to_voxel.detach(), src, tgt, fixed_point)
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        vol, cam_to_voxel, src, tgt = ctx.saved_tensors
-        B, _, N = grad.shape
-        m, s, t = camera_arrays(cam_to_voxel, src, tgt)
-        D, H, W = vol.shape
-        groups, chunk = _schedule(B * N)
-        dM = np.zeros((groups, m.shape[0], 12), np.float64)
-        g = grad.detach().to(torch.float32).contiguous().view(-1).numpy()
-        vol = vol if vol.dtype in (torch.float32, torch.float16, torch.bfloat16) else vol.float()
-        flat = _vol_np(vol.detach().contiguous())
+def _pose_fake(vol, cam_to_voxel, src, tgt, fixed_point):
+    B = max(cam_to_voxel.shape[0], src.shape[0], tgt.shape[0])
+    return vol.new_empty(B, 1, tgt.shape[1], dtype=torch.float32)
+
+
+def _pose_backward(grad, vol, cam_to_voxel, src, tgt, fixed_point, needs):
+    D, H, W = vol.shape
+    vol = vol if vol.dtype in (torch.float32, torch.float16, torch.bfloat16) else vol.float()
+    flat = _vol_np(vol.detach().contiguous())
+
+    def kernel(m, s, t, N, g, groups, chunk, dM):
         _bwd_slice_camera(flat, D, H, W, m, s, t, N, g, groups, chunk, dM)
-        out = torch.zeros(m.shape[0], 4, 4, dtype=torch.float64)
-        out[:, :3, :] = torch.from_numpy(dM.sum(axis=0)).view(-1, 3, 4)  # groups summed in a fixed order
-        return None, out.to(cam_to_voxel.dtype), None, None, None
+
+    return [pose_gradient(grad, cam_to_voxel, src, tgt, kernel)]
 
 
-@torch.compiler.disable  # dynamo cannot trace numba's dispatcher: run eagerly inside compiled code
+# Joseph's plain render, differentiable w.r.t. cam_to_voxel (forward: _fwd_slice_rays).
+_pose_op = fused_op(
+    "numba_slicemarch_pose",
+    "Tensor vol, Tensor cam_to_voxel, Tensor src, Tensor tgt, bool fixed_point",
+    _pose_forward,
+    _pose_fake,
+    _pose_backward,
+    differentiable=("cam_to_voxel",),
+    device_types="cpu",
+)
+
+
 def slicemarch_pose_differentiable(
     vol: torch.Tensor,
     cam_to_voxel: torch.Tensor,
@@ -883,7 +888,7 @@ def slicemarch_pose_differentiable(
     renders to the torch reference, which differentiates w.r.t. everything.
     """
     check_pose_only_grad(vol=vol, src=src, tgt=tgt)
-    return _PoseDifferentiable.apply(vol, cam_to_voxel, src, tgt, fixed_point)
+    return _pose_op(vol, cam_to_voxel, src, tgt, fixed_point)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -936,7 +941,7 @@ def fixed_point_codes(vol: torch.Tensor) -> tuple[np.ndarray, float] | None:
     return codes, scale
 
 
-@torch.compiler.disable  # as slicemarch_pose_differentiable
+@torch.compiler.disable  # dynamo cannot trace numba's dispatcher: run eagerly inside compiled code
 def slicemarch_rays(
     vol: torch.Tensor,
     cam_to_voxel: torch.Tensor,

@@ -24,12 +24,14 @@ def raymarch(
     n_samples: int,
     soft_labels: bool = False,
     count: torch.Tensor | None = None,
+    width: int = 0,
 ) -> torch.Tensor:
     """See :mod:`nanodrr_engine.drr.backends` for the contract. Returns ``[B, C, N]`` float32.
 
     ``soft_labels`` routes each of the 8 trilinear neighbours' μ to that voxel's own label
     (anti-aliased, pose-differentiable channels), as nanodrr's ``soft_labels=True``.
     ``count [B, N]`` (the slice-march contract) keeps only samples ``s < count`` of each ray.
+    ``width`` (the image width) is the contract's and ignored here.
     """
     if count is not None and soft_labels:
         raise ValueError("soft_labels: not available with per-ray sample counts (method='joseph')")

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from ._contract import check_raymarch_args, check_sample_counts
+from .fused_op import fused_op
 
 try:
     import triton
@@ -438,8 +439,7 @@ def _prepare(vol: Tensor, lab: Tensor | None, n_classes: int, start: Tensor):
 # ---------------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("nanodrr_engine::triton_raymarch", mutates_args=())
-def _raymarch_op(
+def _forward_impl(
     vol: Tensor,
     lab: Tensor | None,
     n_classes: int,
@@ -487,14 +487,12 @@ def _raymarch_op(
     return out.sum(dim=0) if split > 1 else out
 
 
-@_raymarch_op.register_fake
-def _(vol, lab, n_classes, start, delta, step, n_samples, width, count):
+def _forward_fake(vol, lab, n_classes, start, delta, step, n_samples, width, count):
     B, N, _ = start.shape
     return start.new_empty((B, n_classes, N), dtype=torch.float32)
 
 
-@torch.library.custom_op("nanodrr_engine::triton_raymarch_backward", mutates_args=())
-def _raymarch_backward_op(
+def _backward_impl(
     grad: Tensor,
     vol: Tensor,
     lab: Tensor | None,
@@ -505,9 +503,9 @@ def _raymarch_backward_op(
     n_samples: int,
     width: int,
     count: Tensor | None,
-    need_vol: bool,
-    need_ray: bool,
+    needs: list[bool],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    need_vol, need_ray = needs[0], any(needs[1:])  # one kernel gives every ray gradient
     lab_arg, has_lab, B, N, D, H, W = _prepare(vol, lab, n_classes, start)
     tiles, tw = _layout(B, N, width)
     split = _split(start.device, B * tiles, n_samples, 0) if need_ray else 1
@@ -557,43 +555,16 @@ def _raymarch_backward_op(
     return gvol, gstart, gdelta, gstep
 
 
-@_raymarch_backward_op.register_fake
-def _(grad, vol, lab, n_classes, start, delta, step, n_samples, width, count, need_vol, need_ray):
-    B, N, _ = start.shape
-    gvol = vol.new_empty(vol.shape) if need_vol else start.new_empty(0)
-    gstart = start.new_empty((B, N, 3) if need_ray else 0)
-    gdelta = start.new_empty((B, N, 3) if need_ray else 0)
-    return gvol, gstart, gdelta, start.new_empty((B, N) if need_ray else 0)
-
-
-def _setup_context(ctx, inputs, output):
-    vol, lab, n_classes, start, delta, step, n_samples, width, count = inputs
-    ctx.save_for_backward(vol, lab, start, delta, step, count)
-    ctx.n_classes, ctx.n_samples, ctx.width = n_classes, n_samples, width
-
-
-def _backward(ctx, grad):
-    vol, lab, start, delta, step, count = ctx.saved_tensors
-    need = ctx.needs_input_grad
-    need_vol = bool(need[0])
-    need_ray = bool(need[3] or need[4] or need[5])
-    gvol, gstart, gdelta, gstep = _raymarch_backward_op(
-        grad, vol, lab, ctx.n_classes, start, delta, step, ctx.n_samples, ctx.width, count, need_vol, need_ray
-    )
-    return (
-        gvol if need_vol else None,
-        None,
-        None,
-        gstart if need[3] else None,
-        gdelta if need[4] else None,
-        gstep if need[5] else None,
-        None,
-        None,
-        None,
-    )
-
-
-_raymarch_op.register_autograd(_backward, setup_context=_setup_context)
+# Opaque to torch.compile (the fake kernel gives the output's shape); gradients to vol and the rays.
+_raymarch_op = fused_op(
+    "triton_raymarch",
+    "Tensor vol, Tensor? lab, int n_classes, Tensor start, Tensor delta, Tensor step, int n_samples, "
+    "int width, Tensor? count",
+    _forward_impl,
+    _forward_fake,
+    _backward_impl,
+    differentiable=("vol", "start", "delta", "step"),
+)
 
 
 # ---------------------------------------------------------------------------------------------------
