@@ -41,7 +41,7 @@ def preloadEngine() -> None:
     """
     import importlib
 
-    for name in ("nanodrr_engine.drr.backends.numba_cpu", "nanodrr_engine.drr.backends.triton_gpu"):
+    for name in ("nanodrr_engine.drr.backends.numba", "nanodrr_engine.drr.backends.triton_gpu"):
         try:
             importlib.import_module(name)
         except ImportError:  # an optional backend that is not installed

@@ -1,4 +1,4 @@
-"""Tests of the fused numba CPU ray-march backend (``nanodrr_engine.drr.backends.numba_cpu``).
+"""Tests of the fused numba CPU ray-march backend (``nanodrr_engine.drr.backends.numba.march``).
 
 The kernels are checked against independent implementations of the ``raymarch`` contract: a
 brute-force float64 NumPy reading (forward), torch autograd of an explicit-trilinear float64 torch
@@ -18,14 +18,14 @@ import torch
 pytest.importorskip("numba")
 
 from contract_reference import numpy_raymarch, torch_raymarch
-from nanodrr_engine.drr.backends import numba_cpu
+from nanodrr_engine.drr.backends.numba import march as numba_march
 
 SHAPE = (20, 24, 28)  # [D, H, W] = [K, J, I]
 
 
 @pytest.fixture(autouse=True)
 def _available():
-    if not numba_cpu.is_available():
+    if not numba_march.is_available():
         pytest.skip("numba backend unavailable")
 
 
@@ -116,7 +116,7 @@ def _assert_close(actual: torch.Tensor, expected, rtol: float = 1e-4):
 def test_plain_matches_numpy_reference(n_samples):
     vol = make_volume(0)
     start, delta, step = make_rays(1, n_samples)
-    out = numba_cpu.raymarch(vol, None, 1, start, delta, step, n_samples)
+    out = numba_march.raymarch(vol, None, 1, start, delta, step, n_samples)
     assert out.shape == (2, 1, step.shape[1]) and out.dtype == torch.float32
     _assert_close(out, numpy_raymarch(vol, None, 1, start, delta, step, n_samples))
     assert torch.all(out[:, 0, :4] == 0) and torch.all(out[:, 0, -1] == 0), "rays with step == 0 are skipped"
@@ -133,7 +133,7 @@ def test_constant_and_linear_volumes_hand_computed():
     start = torch.tensor([[[3.0, 5.0, 7.0], [3.0, -0.5, 7.0], [3.0, H - 0.25, 7.0], [3.0, -1.0, 7.0]]])
     delta = torch.tensor([[[1.0, 0.0, 0.0]] * 4])
     step = torch.tensor([[0.5, 0.5, 0.5, 0.5]])
-    out = numba_cpu.raymarch(vol, None, 1, start, delta, step, n)[0, 0]
+    out = numba_march.raymarch(vol, None, 1, start, delta, step, n)[0, 0]
     expected = torch.tensor([2.0, 1.0, 0.5, 0.0]) * n * 0.5  # μ = 2, 2·(1 - 0.5), 2·(1 - 0.75), 0
     torch.testing.assert_close(out, expected)
     # μ = 1 + 0.5·i + 0.25·j + 0.125·k is reproduced exactly by trilinear interpolation inside.
@@ -141,7 +141,7 @@ def test_constant_and_linear_volumes_hand_computed():
     lin = 1 + 0.5 * i + 0.25 * j + 0.125 * k
     start = torch.tensor([[[2.25, 3.5, 1.75]]])
     delta = torch.tensor([[[0.5, 0.75, 1.25]]])
-    out = numba_cpu.raymarch(lin, None, 1, start, delta, torch.tensor([[1.0]]), 12)
+    out = numba_march.raymarch(lin, None, 1, start, delta, torch.tensor([[1.0]]), 12)
     p = start[0, 0] + torch.arange(12.0)[:, None] * delta[0, 0]
     expected = (1 + 0.5 * p[:, 0] + 0.25 * p[:, 1] + 0.125 * p[:, 2]).sum()
     torch.testing.assert_close(out[0, 0, 0], expected)
@@ -157,7 +157,7 @@ def test_labels_match_numpy_reference(dtype, low, high):
     vol = make_volume(2)
     lab = make_labels(3, low, high, dtype)
     start, delta, step = make_rays(4, n_samples)
-    out = numba_cpu.raymarch(vol, lab, n_classes, start, delta, step, n_samples)
+    out = numba_march.raymarch(vol, lab, n_classes, start, delta, step, n_samples)
     assert out.shape == (2, n_classes, step.shape[1])
     _assert_close(out, numpy_raymarch(vol, lab.numpy(), n_classes, start, delta, step, n_samples))
 
@@ -167,11 +167,11 @@ def test_labels_channels_sum_to_plain_render():
     vol = make_volume(5)
     lab = make_labels(6, 0, 4, torch.uint8)  # every label is kept
     start, delta, step = make_rays(7, n_samples)
-    plain = numba_cpu.raymarch(vol, None, 1, start, delta, step, n_samples)
-    split = numba_cpu.raymarch(vol, lab, 4, start, delta, step, n_samples)
+    plain = numba_march.raymarch(vol, None, 1, start, delta, step, n_samples)
+    split = numba_march.raymarch(vol, lab, 4, start, delta, step, n_samples)
     torch.testing.assert_close(split.sum(1, keepdim=True), plain, rtol=1e-5, atol=1e-5)
     # With one class the labels are ignored: every sample goes to channel 0.
-    torch.testing.assert_close(numba_cpu.raymarch(vol, lab, 1, start, delta, step, n_samples), plain)
+    torch.testing.assert_close(numba_march.raymarch(vol, lab, 1, start, delta, step, n_samples), plain)
 
 
 def test_long_label_runs_match_reference():
@@ -181,7 +181,7 @@ def test_long_label_runs_match_reference():
     _, j, i = torch.meshgrid(*(torch.arange(s) for s in SHAPE), indexing="ij")
     lab = ((i // 10 + j // 12) % n_classes).to(torch.int16)
     start, delta, step = make_rays(9, n_samples)
-    out = numba_cpu.raymarch(vol, lab, n_classes, start, delta, step, n_samples)
+    out = numba_march.raymarch(vol, lab, n_classes, start, delta, step, n_samples)
     _assert_close(out, numpy_raymarch(vol, lab.numpy(), n_classes, start, delta, step, n_samples))
 
 
@@ -193,7 +193,7 @@ def test_many_label_changes_across_run_chunks_match_reference(dtype, low, high):
     vol = make_volume(30)
     lab = make_labels(31, low, high, dtype)
     start, delta, step = make_rays(32, n_samples)
-    out = numba_cpu.raymarch(vol, lab, n_classes, start, delta, step, n_samples)
+    out = numba_march.raymarch(vol, lab, n_classes, start, delta, step, n_samples)
     _assert_close(out, numpy_raymarch(vol, lab.numpy(), n_classes, start, delta, step, n_samples))
 
 
@@ -206,8 +206,8 @@ def test_half_precision_volume_read_natively(dtype):
     start, delta, step = make_rays(12, n_samples)
     cases = ((None, 1), (lab, 5)) if dtype == torch.float16 else ((None, 1),)  # fewer kernels to compile
     for labels, n_classes in cases:
-        out = numba_cpu.raymarch(vol, labels, n_classes, start, delta, step, n_samples)
-        ref = numba_cpu.raymarch(vol.float(), labels, n_classes, start, delta, step, n_samples)
+        out = numba_march.raymarch(vol, labels, n_classes, start, delta, step, n_samples)
+        ref = numba_march.raymarch(vol.float(), labels, n_classes, start, delta, step, n_samples)
         torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
         _assert_close(out, numpy_raymarch(vol.float(), labels, n_classes, start, delta, step, n_samples))
 
@@ -217,8 +217,8 @@ def test_noncontiguous_and_float64_inputs():
     vol = make_volume(13)
     lab = make_labels(14, 0, 4, torch.int16)
     start, delta, step = make_rays(15, n_samples)
-    expected = numba_cpu.raymarch(vol, lab, 4, start, delta, step, n_samples)
-    out = numba_cpu.raymarch(
+    expected = numba_march.raymarch(vol, lab, 4, start, delta, step, n_samples)
+    out = numba_march.raymarch(
         vol.double().transpose(0, 2).contiguous().transpose(0, 2),
         lab.transpose(0, 1).contiguous().transpose(0, 1),
         4,
@@ -236,13 +236,13 @@ def test_nonfinite_and_far_away_rays_are_safe():
     start = torch.tensor([[[float("nan"), 1.0, 1.0], [1e30, -1e30, 5.0], [-4e9, 3.0, 3.0], [3.0, 3.0, 3.0]]])
     delta = torch.tensor([[[0.1, 0.1, 0.1], [1.0, 1.0, 1.0], [1e8, 0.0, 0.0], [float("inf"), 0.0, 0.0]]])
     step = torch.ones(1, 4)
-    out = numba_cpu.raymarch(vol, None, 1, start, delta, step, 64)[0, 0]
+    out = numba_march.raymarch(vol, None, 1, start, delta, step, 64)[0, 0]
     assert torch.isnan(out[0]) and torch.isnan(out[3])
     assert out[1] == 0
     # -4e9 + 40·1e8 is exactly 0 in float32: sample 40 sits on voxel (i, j, k) = (0, 3, 3), the rest far out.
     assert out[2] == vol[3, 3, 0]
     lab = make_labels(17, 0, 3, torch.uint8)
-    out = numba_cpu.raymarch(vol, lab, 3, start, delta, step, 64)[0]
+    out = numba_march.raymarch(vol, lab, 3, start, delta, step, 64)[0]
     assert torch.isnan(out[:, 0]).all() and torch.isfinite(out[:, 1:3]).all()
 
 
@@ -267,7 +267,7 @@ def test_gradients_match_float64_autograd_reference(n_classes, with_labels, n_sa
     lab = make_labels(21, 0, 7, torch.uint8) if with_labels else None  # 5 and 6 are dropped
     start, delta, step = make_rays(22, n_samples)
     go = torch.randn(2, n_classes, step.shape[1], generator=torch.Generator().manual_seed(23))
-    got = _grads(numba_cpu.raymarch, vol, lab, n_classes, start, delta, step, n_samples, go)
+    got = _grads(numba_march.raymarch, vol, lab, n_classes, start, delta, step, n_samples, go)
     ref = _grads(torch_raymarch, vol.double(), lab, n_classes, start.double(), delta.double(), step.double(),
                  n_samples, go.double())  # fmt: skip
     for name, g, r in zip(("vol", "start", "delta", "step"), got, ref, strict=True):
@@ -283,9 +283,9 @@ def test_gradient_subsets_agree_with_full_backward(n_classes):
     lab = make_labels(25, 0, 4, torch.uint8) if n_classes > 1 else None
     start, delta, step = make_rays(26, n_samples)
     go = torch.randn(2, n_classes, step.shape[1], generator=torch.Generator().manual_seed(27))
-    full = _grads(numba_cpu.raymarch, vol, lab, n_classes, start, delta, step, n_samples, go)
+    full = _grads(numba_march.raymarch, vol, lab, n_classes, start, delta, step, n_samples, go)
     for wrt in [(0,), (1,), (2,), (3,), (1, 3), (0, 2)]:
-        part = _grads(numba_cpu.raymarch, vol, lab, n_classes, start, delta, step, n_samples, go, wrt)
+        part = _grads(numba_march.raymarch, vol, lab, n_classes, start, delta, step, n_samples, go, wrt)
         for k, g in zip(wrt, part, strict=True):
             torch.testing.assert_close(g, full[k], rtol=1e-6, atol=1e-6)
 
@@ -295,9 +295,9 @@ def test_gradients_are_exact_finite_differences_where_linear():
     n_samples = 16
     vol = make_volume(28)
     start, delta, step = make_rays(29, n_samples, batch=1, n_random=40)
-    f = lambda v, s, d, p: numba_cpu.raymarch(v, None, 1, s, d, p, n_samples)  # noqa: E731
+    f = lambda v, s, d, p: numba_march.raymarch(v, None, 1, s, d, p, n_samples)  # noqa: E731
     go = torch.randn(1, 1, step.shape[1], generator=torch.Generator().manual_seed(30))
-    dvol, _, _, dstep = _grads(numba_cpu.raymarch, vol, None, 1, start, delta, step, n_samples, go)
+    dvol, _, _, dstep = _grads(numba_march.raymarch, vol, None, 1, start, delta, step, n_samples, go)
     base = (f(vol, start, delta, step) * go).sum().double()
     hot = torch.nonzero(dvol.abs() > 0.1)[:6]
     assert len(hot) >= 3
@@ -317,7 +317,7 @@ def test_gradients_are_exact_finite_differences_where_linear():
     d0 = _q(torch.rand(1, 10, 3, generator=g) * 0.5 / n_samples * 8)
     p0 = torch.rand(1, 10, generator=g) + 0.5
     w = torch.randn(1, 1, 10, generator=g)
-    _, dstart, ddelta, _ = _grads(numba_cpu.raymarch, lin, None, 1, s0, d0, p0, n_samples, w)
+    _, dstart, ddelta, _ = _grads(numba_march.raymarch, lin, None, 1, s0, d0, p0, n_samples, w)
     lin_f = lambda s, d: (f(lin, s, d, p0) * w).sum().double()  # noqa: E731
     for axis in range(3):
         e = torch.zeros(3)
@@ -341,13 +341,15 @@ def test_volume_gradient_half_precision_and_thread_count_independent():
     threads = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
-        one = _grads(numba_cpu.raymarch, vol, lab, 3, start, delta, step, n_samples, go, wrt=(0, 1))
+        one = _grads(numba_march.raymarch, vol, lab, 3, start, delta, step, n_samples, go, wrt=(0, 1))
     finally:
         numba.set_num_threads(threads)
-    many = _grads(numba_cpu.raymarch, vol, lab, 3, start, delta, step, n_samples, go, wrt=(0, 1))
+    many = _grads(numba_march.raymarch, vol, lab, 3, start, delta, step, n_samples, go, wrt=(0, 1))
     for a, b in zip(one, many, strict=True):
         assert torch.equal(a, b)
-    (dvol_half,) = _grads(numba_cpu.raymarch, vol.half(), lab, 3, start, delta, step, n_samples, go, wrt=(0,))
+    (dvol_half,) = _grads(
+        numba_march.raymarch, vol.half(), lab, 3, start, delta, step, n_samples, go, wrt=(0,)
+    )
     assert dvol_half.dtype == torch.float16
     torch.testing.assert_close(dvol_half.float(), many[0], rtol=2e-3, atol=2e-3)
 
@@ -375,13 +377,13 @@ def test_agrees_with_torch_reference_backend():
     go = torch.randn(2, 5, step.shape[1], generator=torch.Generator().manual_seed(43))
     for labels, n_classes in ((None, 1), (lab, 5)):
         g = go[:, :n_classes]
-        got = _grads(numba_cpu.raymarch, vol, labels, n_classes, start, delta, step, n_samples, g)
+        got = _grads(numba_march.raymarch, vol, labels, n_classes, start, delta, step, n_samples, g)
         ref = _grads(torch_ref.raymarch, vol, labels, n_classes, start, delta, step, n_samples, g)
         _assert_close(got[0], ref[0])
         _assert_close(got[1][clear], ref[1][clear])
         _assert_close(got[2][clear], ref[2][clear])
         _assert_close(got[3], ref[3])
-        out = numba_cpu.raymarch(vol, labels, n_classes, start, delta, step, n_samples)
+        out = numba_march.raymarch(vol, labels, n_classes, start, delta, step, n_samples)
         _assert_close(out, torch_ref.raymarch(vol, labels, n_classes, start, delta, step, n_samples))
 
 
@@ -393,7 +395,7 @@ def test_opaque_to_torch_compile():
     s = start.clone().requires_grad_()
 
     def f(v, s_, d, p):
-        return numba_cpu.raymarch(v, None, 1, s_, d, p, n_samples).square().sum()
+        return numba_march.raymarch(v, None, 1, s_, d, p, n_samples).square().sum()
 
     compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
     (g_compiled,) = torch.autograd.grad(compiled(vol, s, delta, step), s)
@@ -428,7 +430,7 @@ def test_bad_arguments_name_the_argument(kwargs, match):
     }
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
-        numba_cpu.raymarch(**args)
+        numba_march.raymarch(**args)
 
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.int16])
@@ -444,7 +446,7 @@ def test_labels_read_up_to_the_last_voxel(dtype):
     delta = torch.tensor([[[(W - 1.75) / 64, 0.0, 0.0], [(W + 1.0) / n_samples, 0.0, 0.0]]])
     start, delta = _q(start), _q(delta)
     step = torch.ones(1, 2)
-    out = numba_cpu.raymarch(vol, lab, 4, start, delta, step, n_samples)
+    out = numba_march.raymarch(vol, lab, 4, start, delta, step, n_samples)
     expected = numpy_raymarch(vol, lab.numpy(), 4, start, delta, step, n_samples)
     assert (expected[0, 1:].sum(0) > 0).all()
     _assert_close(out, expected)

@@ -102,13 +102,14 @@ def _camera_problem(seed: int, batch: int = 2, side: int = 6):
 
 @numba_only
 def test_numba_fused_ops_pass_opcheck():
-    from nanodrr_engine.drr.backends import numba_camera, numba_slices
+    from nanodrr_engine.drr.backends.numba import camera as numba_camera
+    from nanodrr_engine.drr.backends.numba import joseph as numba_joseph
 
     vol, lab, M, src, tgt = _camera_problem(3)
     M = M.requires_grad_()
     for lab_, C in ((None, 1), (lab, 3)):
         torch.library.opcheck(numba_camera._rays_op, (vol, lab_, C, M, src, tgt, 16), test_utils=_UTILS)
-    torch.library.opcheck(numba_slices._pose_op, (vol, M, src, tgt, True), test_utils=_UTILS)
+    torch.library.opcheck(numba_joseph._pose_op, (vol, M, src, tgt, True), test_utils=_UTILS)
 
 
 @numba_only
@@ -137,7 +138,7 @@ def test_compiled_pose_gradient_equals_eager(method):
 
 @numba_only
 def test_the_camera_op_refuses_a_volume_gradient_by_name():
-    from nanodrr_engine.drr.backends import numba_camera
+    from nanodrr_engine.drr.backends.numba import camera as numba_camera
 
     vol, _, M, src, tgt = _camera_problem(7)
     vol = vol.requires_grad_()

@@ -243,7 +243,7 @@ def test_mean_relative_error_against_exact_integrals(phantom_case, rotation):
 @pytest.mark.parametrize("backend", ["torch", pytest.param("numba", marks=needs_numba)])
 def test_pose_gradient_matches_finite_differences(backend):
     """The torch reference (autograd through ``slice_geometry``) and the fused kernel's hand-written
-    chain rule (``numba_slices._pose_chain``), each against central differences of its own render."""
+    chain rule (``numba_joseph._pose_chain``), each against central differences of its own render."""
     vol = smooth_volume(shape=(10, 12, 14), seed=4)
     subject = Subject.from_array(vol, np.diag([2.0, 2.0, 2.5, 1.0]), convert_to_mu=False)
     drr = DRR.from_carm_intrinsics(400.0, 4.0, 4.0, 0.0, 0.0, 6, 6)

@@ -1,4 +1,4 @@
-"""The fast path of ``method="joseph"`` (``backends/numba_slices.py``): rays marched four in lockstep
+"""The fast path of ``method="joseph"`` (``backends/numba/joseph.py``): rays marched four in lockstep
 (with per-ray plane offsets) and 16-bit fixed-point voxel codes, each checked against an independent
 reference or a bound derived by hand."""
 
@@ -20,9 +20,9 @@ pytestmark = pytest.mark.skipif("numba" not in available_backends("cpu"), reason
 
 @pytest.fixture(scope="module")
 def ns():
-    from nanodrr_engine.drr.backends import numba_slices
+    from nanodrr_engine.drr.backends.numba import joseph as numba_joseph
 
-    return numba_slices
+    return numba_joseph
 
 
 # --- fixed-point codes ---------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Joseph's labelmap renders on the fused CPU kernel (``numba_slices._fwd_slice_labels``): channels
+"""Joseph's labelmap renders on the fused CPU kernel (``numba_joseph._fwd_slice_labels``): channels
 against an independent float64 reference that finds each ray's planes one by one, rays in lockstep
 pairs, label dtypes, non-finite rays, and ``render``'s routing."""
 
@@ -16,9 +16,9 @@ pytestmark = pytest.mark.skipif("numba" not in available_backends("cpu"), reason
 
 @pytest.fixture(scope="module")
 def ns():
-    from nanodrr_engine.drr.backends import numba_slices
+    from nanodrr_engine.drr.backends.numba import joseph as numba_joseph
 
-    return numba_slices
+    return numba_joseph
 
 
 def _nearest_label(lab: np.ndarray, p: np.ndarray) -> int:
@@ -194,17 +194,17 @@ def test_a_labelmap_of_the_wrong_shape_is_named(ns):
 
 
 def test_render_sends_labelmaps_without_gradients_to_the_fused_kernel(labelled_phantom, monkeypatch):
-    from nanodrr_engine.drr.backends import numba_slices
+    from nanodrr_engine.drr.backends.numba import joseph as numba_joseph
 
     subject, drr, rt = labelled_phantom
     calls = []
-    fused = numba_slices.slicemarch_rays
+    fused = numba_joseph.slicemarch_rays
 
     def spy(*args, **kwargs):
         calls.append(kwargs.get("n_classes"))
         return fused(*args, **kwargs)
 
-    monkeypatch.setattr(numba_slices, "slicemarch_rays", spy)
+    monkeypatch.setattr(numba_joseph, "slicemarch_rays", spy)
     with torch.no_grad():
         fast = drr(subject, rt, method="joseph")
     assert calls == [subject.n_classes]

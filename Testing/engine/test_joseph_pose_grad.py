@@ -1,4 +1,4 @@
-"""Pose gradients of Joseph's fused CPU render (``numba_slices.slicemarch_pose_differentiable``):
+"""Pose gradients of Joseph's fused CPU render (``numba_joseph.slicemarch_pose_differentiable``):
 against autograd through the torch reference (``slice_geometry`` + ``grid_sample``, itself checked
 against finite differences in ``test_joseph.py``), batching, routing and argument errors."""
 
@@ -50,7 +50,7 @@ def test_pose_gradients_match_autograd_through_the_torch_reference(subject, orth
 
 def test_one_pose_over_a_batch_of_detectors_sums_their_gradients(subject):
     """``cam_to_voxel [1]`` broadcast over ``tgt [2, N]``: ∂L/∂M is the sum over both images."""
-    from nanodrr_engine.drr.backends.numba_slices import slicemarch_pose_differentiable
+    from nanodrr_engine.drr.backends.numba.joseph import slicemarch_pose_differentiable
 
     near = DRR.from_carm_intrinsics(1020.0, 12.0, 12.0, 0.0, 0.0, 16, 18)
     far = DRR.from_carm_intrinsics(1200.0, 10.0, 11.0, 3.0, -2.0, 16, 18)
@@ -84,16 +84,16 @@ def test_gradients_are_reproducible_bit_for_bit(subject):
 def test_render_routes_pose_gradients_to_the_fused_kernel_and_other_gradients_to_the_reference(
     subject, monkeypatch
 ):
-    from nanodrr_engine.drr.backends import numba_slices
+    from nanodrr_engine.drr.backends.numba import joseph as numba_joseph
 
     calls = []
-    fused = numba_slices.slicemarch_pose_differentiable
+    fused = numba_joseph.slicemarch_pose_differentiable
 
     def spy(*args, **kwargs):
         calls.append(True)
         return fused(*args, **kwargs)
 
-    monkeypatch.setattr(numba_slices, "slicemarch_pose_differentiable", spy)
+    monkeypatch.setattr(numba_joseph, "slicemarch_pose_differentiable", spy)
     drr = DRR.from_carm_intrinsics(1020.0, 12.0, 12.0, 0.0, 0.0, 12, 14)
     _pose_grads(subject, drr, "auto")
     assert calls == [True]
@@ -113,7 +113,7 @@ def test_render_routes_pose_gradients_to_the_fused_kernel_and_other_gradients_to
 
 
 def test_inputs_other_than_the_pose_that_require_grad_are_named():
-    from nanodrr_engine.drr.backends.numba_slices import slicemarch_pose_differentiable
+    from nanodrr_engine.drr.backends.numba.joseph import slicemarch_pose_differentiable
 
     vol = torch.rand(5, 6, 7)
     M = torch.eye(4, dtype=torch.float64)[None].requires_grad_(True)
@@ -151,7 +151,7 @@ def test_rays_in_lockstep_pairs_with_plane_offsets_get_their_own_gradients():
     """A volume that is not zero at its faces (so every sample's gradient counts, the checked ends'
     too), seen by a detector whose neighbouring rays start on different planes: the pairs marched in
     lockstep (``_pose_rays_chunk``) against autograd through the torch reference, in float64."""
-    from nanodrr_engine.drr.backends import numba_slices
+    from nanodrr_engine.drr.backends.numba import joseph as numba_joseph
     from nanodrr_engine.drr.backends.torch_ref import raymarch as torch_raymarch
     from nanodrr_engine.drr.rays import slice_geometry
     from test_joseph_fast_path import _camera_case
@@ -168,18 +168,18 @@ def test_rays_in_lockstep_pairs_with_plane_offsets_get_their_own_gradients():
     for b in range(4):
         for n in range(0, tgt.shape[1] - 1, 2):
             (p, _, c0), (q, _, c1) = (
-                numba_slices._camera_ray(D, H, W, M[b].numpy(), src[0, 0].numpy(), tgt[0, n + j].numpy())
+                numba_joseph._camera_ray(D, H, W, M[b].numpy(), src[0, 0].numpy(), tgt[0, n + j].numpy())
                 for j in (0, 1)
             )
-            axis = numba_slices._plane_axis(p)
+            axis = numba_joseph._plane_axis(p)
             offsets += (
-                c0 > 0 and c1 > 0 and axis >= 0 and numba_slices._plane_axis(q) == axis and p[axis] != q[axis]
+                c0 > 0 and c1 > 0 and axis >= 0 and numba_joseph._plane_axis(q) == axis and p[axis] != q[axis]
             )
     assert offsets > 10
     weights = torch.linspace(0.5, 1.5, 4 * tgt.shape[1], dtype=torch.float64).reshape(4, 1, -1)
     fused = M.clone().requires_grad_(True)
     (
-        numba_slices.slicemarch_pose_differentiable(subject.image[0, 0], fused, src, tgt) * weights
+        numba_joseph.slicemarch_pose_differentiable(subject.image[0, 0], fused, src, tgt) * weights
     ).sum().backward()
     ref = M.clone().requires_grad_(True)
     start, delta, step, count = slice_geometry(ref, src, tgt, subject.shape)

@@ -1,4 +1,4 @@
-"""The fused camera-ray forward (``backends.numba_camera``): geometry computed inside the kernel.
+"""The fused camera-ray forward (``backends.numba.camera``): geometry computed inside the kernel.
 
 Checked against the brute-force float64 NumPy reading of the contract (``contract_reference``) on
 the torch geometry of :func:`~nanodrr_engine.drr.rays.sample_geometry`, which ``render`` uses when
@@ -13,11 +13,11 @@ import pytest
 import torch
 from contract_reference import numpy_raymarch
 from nanodrr_engine import DRR, Subject, make_rt_inv
-from nanodrr_engine.drr.backends import numba_cpu
+from nanodrr_engine.drr.backends.numba import march as numba_march
 from nanodrr_engine.drr.rays import make_src, make_tgt, sample_geometry
 from nanodrr_engine.drr.render import render
 
-numba_camera = pytest.importorskip("nanodrr_engine.drr.backends.numba_camera")
+numba_camera = pytest.importorskip("nanodrr_engine.drr.backends.numba.camera")
 if not numba_camera.is_available():
     pytest.skip("numba backend unavailable", allow_module_level=True)
 
@@ -138,7 +138,7 @@ def test_pose_gradient_matches_autograd_through_the_torch_geometry(labels, ortho
     (numba_camera.raymarch_rays(vol, lab_, C, fused, src, tgt, 97) * w).sum().backward()
     traced = m.clone().requires_grad_(True)
     start, delta, step = sample_geometry(traced, src, tgt, SHAPE, 97)
-    (numba_cpu.raymarch(vol, lab_, C, start.float(), delta.float(), step.float(), 97) * w).sum().backward()
+    (numba_march.raymarch(vol, lab_, C, start.float(), delta.float(), step.float(), 97) * w).sum().backward()
     assert traced.grad[:, :3].abs().min() > 0  # every entry of the 3×4 part has a gradient to check
     torch.testing.assert_close(fused.grad, traced.grad, rtol=1e-6, atol=1e-6 * float(traced.grad.abs().max()))
 

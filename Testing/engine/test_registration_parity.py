@@ -123,13 +123,14 @@ def test_render_and_pose_gradients_match_nanodrr_in_float32(subject, backend):
 
 
 def test_forward_and_backward_run_the_fused_kernels_at_64(subject, monkeypatch):
-    numba_camera = pytest.importorskip("nanodrr_engine.drr.backends.numba_camera")
+    numba_camera = pytest.importorskip("nanodrr_engine.drr.backends.numba.camera")
     if not numba_camera.is_available():
         pytest.skip("numba backend unavailable")
     import importlib
 
     render_module = importlib.import_module("nanodrr_engine.drr.render")
-    from nanodrr_engine.drr.backends import numba_slices, torch_ref
+    from nanodrr_engine.drr.backends import torch_ref
+    from nanodrr_engine.drr.backends.numba import joseph as numba_joseph
 
     calls = {"forward": 0, "pose_grad": 0, "joseph": 0}
 
@@ -146,9 +147,9 @@ def test_forward_and_backward_run_the_fused_kernels_at_64(subject, monkeypatch):
     monkeypatch.setattr(numba_camera, "raymarch_rays", spy("forward", numba_camera.raymarch_rays))
     monkeypatch.setattr(numba_camera, "_bwd_camera", spy("pose_grad", numba_camera._bwd_camera))
     monkeypatch.setattr(
-        numba_slices,
+        numba_joseph,
         "slicemarch_pose_differentiable",
-        spy("joseph", numba_slices.slicemarch_pose_differentiable),
+        spy("joseph", numba_joseph.slicemarch_pose_differentiable),
     )
     monkeypatch.setattr(render_module, "sample_geometry", refuse)
     monkeypatch.setattr(render_module, "slice_geometry", refuse)

@@ -1,4 +1,4 @@
-"""Per-ray sample counts in the numba ray march (``numba_cpu.raymarch(count=)``), which carries Joseph's
+"""Per-ray sample counts in the numba ray march (``numba_march.raymarch(count=)``), which carries Joseph's
 CPU renders with volume gradients and labelmaps with gradients: values and all four gradients against
 the contract's float64 reading restricted to each ray's first ``count`` samples, and ``render``'s
 routing against Joseph's torch reference."""
@@ -16,10 +16,10 @@ pytestmark = pytest.mark.skipif("numba" not in available_backends("cpu"), reason
 
 
 @pytest.fixture(scope="module")
-def numba_cpu():
-    from nanodrr_engine.drr.backends import numba_cpu
+def numba_march():
+    from nanodrr_engine.drr.backends.numba import march as numba_march
 
-    return numba_cpu
+    return numba_march
 
 
 def _counts(step: torch.Tensor, n_samples: int, seed: int) -> torch.Tensor:
@@ -39,24 +39,24 @@ def _grads(fn, vol, lab, C, start, delta, step, n, go, count):
 
 # 300 samples: pairs marched in several segments, with the counts ending them anywhere
 @pytest.mark.parametrize(("n_classes", "n_samples"), [(1, 48), (1, 300), (5, 48), (5, 300)])
-def test_counts_match_the_contract_values_and_gradients(numba_cpu, n_classes, n_samples):
+def test_counts_match_the_contract_values_and_gradients(numba_march, n_classes, n_samples):
     vol = make_volume(40)
     lab = make_labels(41, 0, 7, torch.uint8) if n_classes > 1 else None  # 5 and 6 are dropped
     start, delta, step = make_rays(42, n_samples)
     count = _counts(step, n_samples, seed=43)
     go = torch.randn(2, n_classes, step.shape[1], generator=torch.Generator().manual_seed(44))
-    got = _grads(numba_cpu.raymarch, vol, lab, n_classes, start, delta, step, n_samples, go, count)
+    got = _grads(numba_march.raymarch, vol, lab, n_classes, start, delta, step, n_samples, go, count)
     ref = _grads(torch_raymarch, vol.double(), lab, n_classes, start.double(), delta.double(), step.double(),
                  n_samples, go.double(), count)  # fmt: skip
     for name, g, r in zip(("out", "vol", "start", "delta", "step"), got, ref, strict=True):
         assert g.dtype == torch.float32, name
         _assert_close(g, r)
     # the counts matter: without them most rays would see more samples
-    whole = numba_cpu.raymarch(vol, lab, n_classes, start, delta, step, n_samples)
+    whole = numba_march.raymarch(vol, lab, n_classes, start, delta, step, n_samples)
     assert ((whole - got[0]).abs() > 1e-3).float().mean() > 0.3
 
 
-def test_counts_are_checked_and_named(numba_cpu):
+def test_counts_are_checked_and_named(numba_march):
     vol = make_volume(45)
     start, delta, step = make_rays(46, 8)
     for bad, match in (
@@ -66,26 +66,26 @@ def test_counts_are_checked_and_named(numba_cpu):
         (torch.full(step.shape, -1), r"count: values must lie in \[0, n_samples=8\]"),
     ):
         with pytest.raises(ValueError, match=match):
-            numba_cpu.raymarch(vol, None, 1, start, delta, step, 8, count=bad)
+            numba_march.raymarch(vol, None, 1, start, delta, step, 8, count=bad)
 
 
-def _spy(monkeypatch, numba_cpu):
+def _spy(monkeypatch, numba_march):
     calls = []
-    fused = numba_cpu.raymarch
+    fused = numba_march.raymarch
 
     def spy(*args, **kwargs):
         calls.append(kwargs.get("count") is not None)
         return fused(*args, **kwargs)
 
-    monkeypatch.setattr(numba_cpu, "raymarch", spy)
+    monkeypatch.setattr(numba_march, "raymarch", spy)
     return calls
 
 
-def test_joseph_labelmap_pose_gradients_take_the_counted_march(labelled_phantom, numba_cpu, monkeypatch):
+def test_joseph_labelmap_pose_gradients_take_the_counted_march(labelled_phantom, numba_march, monkeypatch):
     """Registration against per-structure DRRs: the fused march, the same channels and pose gradient
     as Joseph's torch reference (autograd through the same samples)."""
     subject, drr, rt = labelled_phantom
-    calls = _spy(monkeypatch, numba_cpu)
+    calls = _spy(monkeypatch, numba_march)
     go = torch.rand(2, subject.n_classes, 20, 23, generator=torch.Generator().manual_seed(47))
     results = []
     for backend in ("auto", "torch"):
@@ -100,12 +100,12 @@ def test_joseph_labelmap_pose_gradients_take_the_counted_march(labelled_phantom,
     torch.testing.assert_close(g_fast, g_ref, rtol=1e-3, atol=1e-3 * g_ref.abs().amax().item())
 
 
-def test_joseph_volume_gradients_take_the_counted_march(labelled_phantom, numba_cpu, monkeypatch):
+def test_joseph_volume_gradients_take_the_counted_march(labelled_phantom, numba_march, monkeypatch):
     subject, drr, rt = labelled_phantom
     plain = Subject.from_array(
         subject.image[0, 0].numpy(), subject.voxel_to_world.numpy(), convert_to_mu=False
     )
-    calls = _spy(monkeypatch, numba_cpu)
+    calls = _spy(monkeypatch, numba_march)
     go = torch.rand(2, 1, 20, 23, generator=torch.Generator().manual_seed(48))
     grads = []
     for backend in ("numba", "torch"):
@@ -123,14 +123,14 @@ def test_joseph_volume_gradients_take_the_counted_march(labelled_phantom, numba_
     assert not ((fast != 0) & (ref == 0)).any()
 
 
-def test_the_op_with_counts_passes_opcheck(numba_cpu):
+def test_the_op_with_counts_passes_opcheck(numba_march):
     """Schema, fake kernel and autograd registration stay consistent with the optional counts."""
     vol = make_volume(49).requires_grad_()
     start, delta, step = make_rays(50, 16, n_random=12)
     start.requires_grad_()
     count = _counts(step, 16, seed=51).to(torch.int64)
     torch.library.opcheck(
-        numba_cpu._raymarch_op,
+        numba_march._raymarch_op,
         (vol, None, 1, start, delta, step, 16, count),
         test_utils=("test_schema", "test_autograd_registration", "test_faketensor"),
     )

@@ -34,7 +34,7 @@ from .sampling import PARAMS, Sample, draw, pose
 from .sources import LoadedCT
 from .spec import DatasetSpec
 
-#: Rays per lockstep group of the CPU kernels, and blocks per thread (``numba_cpu._schedule``).
+#: Rays per lockstep group of the CPU kernels, and blocks per thread (``backends.numba.march.schedule``).
 _LANES = 4
 _BLOCKS_PER_THREAD = 8
 

@@ -3,7 +3,7 @@
 Every backend implements one differentiable op with the same contract, so ``render`` does the
 geometry (camera → voxel transform, slab clipping, step size) once in plain torch, where autograd
 reaches it, and the kernels only march. CPU renders that need no gradient, or only the pose's, skip
-the per-ray tensors: ``numba_camera`` (ray march, forward and pose gradient) and ``numba_slices``
+the per-ray tensors: ``numba.camera`` (ray march, forward and pose gradient) and ``numba.joseph``
 (Joseph, forward and pose gradient) compute the same geometry per chunk of rays inside the kernel.
 
 ``raymarch(vol, lab, n_classes, start, delta, step, n_samples) -> out``
@@ -101,14 +101,14 @@ def _installed_on(device_type: str, module: str) -> Callable[[torch.device, torc
 
 
 def _numba_joseph():
-    march = _lazy("numba_slices", "slicemarch_rays")()
+    march = _lazy("numba.joseph", "slicemarch_rays")()
     return lambda vol, lab, n_classes, cam_to_voxel, src, tgt, n_samples: march(
         vol, cam_to_voxel, src, tgt, lab=lab, n_classes=n_classes
     )
 
 
 def _numba_joseph_pose():
-    march = _lazy("numba_slices", "slicemarch_pose_differentiable")()
+    march = _lazy("numba.joseph", "slicemarch_pose_differentiable")()
     return lambda vol, lab, n_classes, cam_to_voxel, src, tgt, n_samples: march(vol, cam_to_voxel, src, tgt)
 
 
@@ -121,12 +121,12 @@ BACKENDS: dict[str, Backend] = {
     ),
     "numba": Backend(
         "numba",
-        _installed_on("cpu", "numba_cpu"),
-        _lazy("numba_cpu", "raymarch"),
+        _installed_on("cpu", "numba"),
+        _lazy("numba.march", "raymarch"),
         chunk_samples=1 << 25,
         fast_paths=(
             # geometry fused into the march (and its pose gradient into the backward kernel)
-            FastPath("raymarch", _lazy("numba_camera", "raymarch_rays"), labels=True, pose_grad=True),
+            FastPath("raymarch", _lazy("numba.camera", "raymarch_rays"), labels=True, pose_grad=True),
             FastPath("joseph", _numba_joseph, labels=True, pose_grad=False),
             FastPath("joseph", _numba_joseph_pose, labels=False, pose_grad=True),
         ),

@@ -5,7 +5,7 @@
 only gradient is the pose's (2D/3D registration) and renders without gradients do not need them as
 tensors: here each chunk of rays gets its geometry computed in float64 (the same clipping and midpoint
 samples, rounded to float32 as ``render`` hands them to the kernel) into a small buffer just before the
-``numba_cpu`` march runs on it: the same images, bit for bit, as that march on float64 torch geometry.
+ray march (:mod:`.march`) runs on it: the same images, bit for bit, as that march on float64 torch geometry.
 The backward recomputes the chunk's geometry, takes the march's per-ray gradients and applies the
 chain rule of the geometry by hand, down to ``∂L/∂(camera → voxel matrix)``, summed per thread.
 
@@ -20,30 +20,26 @@ import math
 import numpy as np
 import torch
 
-from ._contract import check_march_args, check_pose_only_grad, check_ray_count
-from .fused_op import fused_op
-from .numba_cpu import (
-    _EMPTY_LAB,
-    _FM,
-    _IMPORT_ERROR,
-    _NO_COUNT,
-    _bwd_rays_chunk,
-    _labels_rays,
-    _plain_rays,
-    _schedule,
-    _vol_np,
-    is_available,
+from .._contract import check_march_args, check_pose_only_grad, check_ray_count
+from ..fused_op import fused_op
+from .intrinsics import FM, IMPORT_ERROR, is_available, njit, prange
+from .march import (
+    EMPTY_LAB,
+    NO_COUNT,
+    bwd_rays_chunk,
     kernel_labels,
-    njit,
-    prange,
+    labels_rays,
+    plain_rays,
+    schedule,
+    vol_np,
 )
 
 #: ``sqrt(float64 tiny)``: ray components below it are treated as this (as ``rays._clipped_rays``).
 _TINY = math.sqrt(np.finfo(np.float64).tiny)
 
 
-@njit(fastmath=_FM, cache=True)
-def _to_voxel(M, s, t):
+@njit(fastmath=FM, cache=True)
+def to_voxel(M, s, t):
     """Camera-space ray ``s → t`` (mm; float32 or float64) in voxel coordinates, in float64:
     ``(ax, ay, az, bx, by, bz, length mm)``."""
     s0, s1, s2 = np.float64(s[0]), np.float64(s[1]), np.float64(s[2])
@@ -58,8 +54,8 @@ def _to_voxel(M, s, t):
     return ax, ay, az, bx, by, bz, length
 
 
-@njit(fastmath=_FM, cache=True)
-def _clip(ax, ay, az, rx, ry, rz, D, H, W):
+@njit(fastmath=FM, cache=True)
+def clip_to_box(ax, ay, az, rx, ry, rz, D, H, W):
     """``(t0, t1)``, ``0 ≤ t0 ≤ t1 ≤ 1``: the part of ``a + t·r`` inside the trilinear support, the
     voxel-index box ``[−1, S]`` per axis (slab method, as ``rays._clipped_rays``)."""
     t0 = -np.inf
@@ -75,23 +71,23 @@ def _clip(ax, ay, az, rx, ry, rz, D, H, W):
     return t0, max(t1, t0)
 
 
-@njit(fastmath=_FM, cache=True, inline="always")
-def _ray_ends(M, src, tgt, b, i):
+@njit(fastmath=FM, cache=True, inline="always")
+def ray_ends(M, src, tgt, b, i):
     """Pixel ``i`` of image ``b``: ``(index of its matrix in M, source, target)``, broadcasting the
     batch of ``M [B | 1]``, ``src [B | 1, N | 1]`` and ``tgt [B | 1, N]``."""
     sb = src[b if src.shape[0] > 1 else 0]
     return b if M.shape[0] > 1 else 0, sb[i if sb.shape[0] > 1 else 0], tgt[b if tgt.shape[0] > 1 else 0, i]
 
 
-@njit(fastmath=_FM, cache=True)
+@njit(fastmath=FM, cache=True)
 def _camera_rays(M, src, tgt, N, D, H, W, n, r0, end, start, delta, step):
     """``sample_geometry`` of rays ``r0 ≤ r < end`` (pixel ``r % N`` of image ``r // N``) into
     ``start[r − r0]``, ``delta[r − r0]``, ``step[r − r0]`` (float32); non-finite rays get NaN."""
     for r in range(r0, end):
         b = r // N
         i = r - b * N
-        bm, s, t = _ray_ends(M, src, tgt, b, i)
-        ax, ay, az, bx, by, bz, length = _to_voxel(M[bm], s, t)
+        bm, s, t = ray_ends(M, src, tgt, b, i)
+        ax, ay, az, bx, by, bz, length = to_voxel(M[bm], s, t)
         k = r - r0
         if not (
             math.isfinite(ax + ay + az) and math.isfinite(bx + by + bz) and math.isfinite(length)
@@ -102,7 +98,7 @@ def _camera_rays(M, src, tgt, N, D, H, W, n, r0, end, start, delta, step):
             step[k] = np.nan
             continue
         rx, ry, rz = bx - ax, by - ay, bz - az
-        t0, t1 = _clip(ax, ay, az, rx, ry, rz, D, H, W)
+        t0, t1 = clip_to_box(ax, ay, az, rx, ry, rz, D, H, W)
         frac = (t1 - t0) / n
         th = t0 + 0.5 * frac
         start[k, 0] = ax + th * rx
@@ -114,27 +110,38 @@ def _camera_rays(M, src, tgt, N, D, H, W, n, r0, end, start, delta, step):
         step[k] = length * frac
 
 
-@njit(parallel=True, fastmath=_FM, cache=True)
+@njit(fastmath=FM, cache=True)
+def _ray_buffers(chunk):
+    """One chunk's ``start``, ``delta``, ``step`` (float32, as the march takes them)."""
+    return np.empty((chunk, 3), np.float32), np.empty((chunk, 3), np.float32), np.empty(chunk, np.float32)
+
+
+@njit(fastmath=FM, cache=True)
+def _chunk_rays(M, src, tgt, N, D, H, W, n, R, ck, chunk, rays):
+    """``_camera_rays`` of chunk ``ck`` into ``rays`` (``_ray_buffers``); returns its first ray and size."""
+    r0 = ck * chunk
+    m = min(R, r0 + chunk) - r0
+    _camera_rays(M, src, tgt, N, D, H, W, n, r0, r0 + m, rays[0], rays[1], rays[2])
+    return r0, m
+
+
+@njit(parallel=True, fastmath=FM, cache=True)
 def _fwd_camera(vol, lab, C, D, H, W, M, src, tgt, N, n, out, n_groups, chunk):
-    """``out``: the ray march of every camera ray, chunk by chunk (scheduled as ``_fwd_plain``);
+    """``out``: the ray march of every camera ray, chunk by chunk (scheduled as ``march._fwd_plain``);
     flat ``[B, C, N]``, zeroed when there are labels (``lab`` is None for one channel)."""
     R = out.shape[0] // C
     n_chunks = (R + chunk - 1) // chunk
     for g in prange(n_groups):
-        start = np.empty((chunk, 3), np.float32)
-        delta = np.empty((chunk, 3), np.float32)
-        step = np.empty(chunk, np.float32)
+        rays = _ray_buffers(chunk)
         for ck in range(g, n_chunks, n_groups):
-            r0 = ck * chunk
-            m = min(R, r0 + chunk) - r0
-            _camera_rays(M, src, tgt, N, D, H, W, n, r0, r0 + m, start, delta, step)
+            r0, m = _chunk_rays(M, src, tgt, N, D, H, W, n, R, ck, chunk, rays)
             if lab is not None:  # resolved at compile time
-                _labels_rays(vol, lab, D, H, W, C, N, start, delta, step, n, _NO_COUNT, 0, m, out, r0)
+                labels_rays(vol, lab, D, H, W, C, N, rays[0], rays[1], rays[2], n, NO_COUNT, 0, m, out, r0)
             else:
-                _plain_rays(vol, D, H, W, start, delta, step, n, _NO_COUNT, 0, m, out, r0)
+                plain_rays(vol, D, H, W, rays[0], rays[1], rays[2], n, NO_COUNT, 0, m, out, r0)
 
 
-@njit(fastmath=_FM, cache=True)
+@njit(fastmath=FM, cache=True)
 def _slab_grad(p, r, size, lo_side):
     """``(t, ∂t/∂p, ∂t/∂r)`` of the slab bound of one axis that is the entry (``lo_side``) or the exit."""
     safe = _TINY if abs(r) < _TINY else r
@@ -144,7 +151,7 @@ def _slab_grad(p, r, size, lo_side):
     return t, -1.0 / safe, (0.0 if abs(r) < _TINY else -t / safe)
 
 
-@njit(fastmath=_FM, cache=True)
+@njit(fastmath=FM, cache=True)
 def _pose_grad(M, s, t, D, H, W, n, gs, gd, gst, acc):
     """Add ``∂L/∂M`` (rows 0-2 of the camera → voxel matrix) of one ray to ``acc[12]``, given
     ``∂L/∂start`` (``gs``), ``∂L/∂delta`` (``gd``), ``∂L/∂step`` (``gst``).
@@ -153,7 +160,7 @@ def _pose_grad(M, s, t, D, H, W, n, gs, gd, gst, acc):
     entry and exit are the binding slab bounds, clamps pass gradients on [0, 1], a tie of
     ``max(t1, t0)`` splits it; ties between axes, a measure-zero set, take the first axis).
     """
-    ax, ay, az, bx, by, bz, length = _to_voxel(M, s, t)
+    ax, ay, az, bx, by, bz, length = to_voxel(M, s, t)
     a = (ax, ay, az)
     ray = (bx - ax, by - ay, bz - az)
     sizes = (W, H, D)
@@ -201,30 +208,29 @@ def _pose_grad(M, s, t, D, H, W, n, gs, gd, gst, acc):
         acc[4 * i + 3] += ga + g_r[i]
 
 
-@njit(parallel=True, fastmath=_FM, cache=True)
-def _bwd_camera(vol, lab, C, D, H, W, M, src, tgt, N, n, gout, n_groups, chunk, dM):
+@njit(parallel=True, fastmath=FM, cache=True)
+def _bwd_camera(vol, lab, C, D, H, W, n, M, src, tgt, N, gout, n_groups, chunk, dM):
     """``dM[g, b]``: group ``g``'s part of ``∂L/∂M[b]`` (rows 0-2, flat), for the output gradient
     ``gout`` (flat ``[B, C, N]``); ``lab`` has size 0 for one channel."""
     R = gout.shape[0] // C
     n_chunks = (R + chunk - 1) // chunk
     for g in prange(n_groups):
-        start = np.empty((chunk, 3), np.float32)
-        delta = np.empty((chunk, 3), np.float32)
-        step = np.empty(chunk, np.float32)
-        dstart = np.empty((chunk, 3), np.float64)
-        ddelta = np.empty((chunk, 3), np.float64)
-        dstep = np.empty(chunk, np.float64)
+        rays = _ray_buffers(chunk)
+        grads = (
+            np.empty((chunk, 3), np.float64),
+            np.empty((chunk, 3), np.float64),
+            np.empty(chunk, np.float64),
+        )
+        dstart, ddelta, dstep = grads
         for ck in range(g, n_chunks, n_groups):
-            r0 = ck * chunk
-            m = min(R, r0 + chunk) - r0
-            _camera_rays(M, src, tgt, N, D, H, W, n, r0, r0 + m, start, delta, step)
-            _bwd_rays_chunk(vol, lab, C, N, D, H, W, gout, start, delta, step, n, _NO_COUNT, dstart, ddelta,
-                            dstep, True, True, 0, m, r0)  # fmt: skip
+            r0, m = _chunk_rays(M, src, tgt, N, D, H, W, n, R, ck, chunk, rays)
+            bwd_rays_chunk(vol, lab, C, N, D, H, W, gout, rays[0], rays[1], rays[2], n, NO_COUNT, dstart, ddelta,
+                           dstep, True, True, 0, m, r0)  # fmt: skip
             for k in range(m):
                 r = r0 + k
                 b = r // N
                 i = r - b * N
-                bm, s, t = _ray_ends(M, src, tgt, b, i)
+                bm, s, t = ray_ends(M, src, tgt, b, i)
                 _pose_grad(M[bm], s, t, D, H, W, n, dstart[k], ddelta[k], dstep[k], dM[g, bm])
 
 
@@ -263,10 +269,10 @@ def raymarch_rays(
         n_samples: ``S >= 1`` midpoint samples per ray.
 
     Returns:
-        ``[B, C, N]`` float32: ``numba_cpu.raymarch`` on :func:`~nanodrr_engine.drr.rays.sample_geometry`.
+        ``[B, C, N]`` float32: ``march.raymarch`` on :func:`~nanodrr_engine.drr.rays.sample_geometry`.
     """
     if not is_available():
-        raise RuntimeError(f"numba backend: numba could not be imported ({_IMPORT_ERROR!r})")
+        raise RuntimeError(f"numba backend: numba could not be imported ({IMPORT_ERROR!r})")
     check_march_args(vol, lab, n_classes, n_samples)
     check_pose_only_grad(vol=vol, src=src, tgt=tgt)
     if vol.device.type != "cpu":
@@ -286,7 +292,7 @@ def _rays_impl(vol, lab, n_classes, cam_to_voxel, src, tgt, n_samples):
     D, H, W = vol.shape
     lab_np = None if lab is None else lab.reshape(-1).numpy()
     _fwd_camera(
-        _vol_np(vol),
+        vol_np(vol),
         lab_np,
         n_classes,
         D,
@@ -298,7 +304,7 @@ def _rays_impl(vol, lab, n_classes, cam_to_voxel, src, tgt, n_samples):
         N,
         n_samples,
         out.view(-1).numpy(),
-        *_schedule(B * N),
+        *schedule(B * N),
     )
     return out
 
@@ -308,29 +314,24 @@ def _rays_fake(vol, lab, n_classes, cam_to_voxel, src, tgt, n_samples):
     return vol.new_empty(B, n_classes, tgt.shape[1], dtype=torch.float32)
 
 
-def pose_gradient(grad, cam_to_voxel, src, tgt, backward_kernel) -> torch.Tensor:
-    """``∂loss/∂cam_to_voxel`` ``[B | 1, 4, 4]`` from ``backward_kernel(m, s, t, N, g, groups, chunk, dM)``,
-    which adds each thread group's ``3 × 4`` partials of camera ``b`` into ``dM[group, b]``."""
+def pose_gradient(grad, cam_to_voxel, src, tgt, backward_kernel, *args) -> torch.Tensor:
+    """``∂loss/∂cam_to_voxel`` ``[B | 1, 4, 4]`` from ``backward_kernel(*args, m, s, t, N, g, groups, chunk,
+    dM)``, which adds each thread group's ``3 × 4`` partials of camera ``b`` into ``dM[group, b]``."""
     N = tgt.shape[1]
     m, s, t = camera_arrays(cam_to_voxel, src, tgt)
-    groups, chunk = _schedule(grad.shape[0] * N)
+    groups, chunk = schedule(grad.shape[0] * N)
     dM = np.zeros((groups, m.shape[0], 12), np.float64)
     g = grad.detach().to(torch.float32).contiguous().view(-1).numpy()
-    backward_kernel(m, s, t, N, g, groups, chunk, dM)
+    backward_kernel(*args, m, s, t, N, g, groups, chunk, dM)
     out = torch.zeros(m.shape[0], 4, 4, dtype=torch.float64)
     out[:, :3, :] = torch.from_numpy(dM.sum(axis=0)).view(-1, 3, 4)  # groups summed in a fixed order
     return out.to(cam_to_voxel.dtype)
 
 
 def _pose_grad_impl(grad, vol, lab, n_classes, cam_to_voxel, src, tgt, n_samples, needs):
-    D, H, W = vol.shape
-    flat = _vol_np(vol)
-    lab_np = _EMPTY_LAB if lab is None else lab.reshape(-1).numpy()
-
-    def kernel(m, s, t, N, g, groups, chunk, dM):
-        _bwd_camera(flat, lab_np, n_classes, D, H, W, m, s, t, N, n_samples, g, groups, chunk, dM)
-
-    return [pose_gradient(grad, cam_to_voxel, src, tgt, kernel)]
+    lab_np = EMPTY_LAB if lab is None else lab.reshape(-1).numpy()
+    args = (vol_np(vol), lab_np, n_classes, *vol.shape, n_samples)
+    return [pose_gradient(grad, cam_to_voxel, src, tgt, _bwd_camera, *args)]
 
 
 # Opaque to torch.compile, as the other numba ops; gradients to cam_to_voxel only.
