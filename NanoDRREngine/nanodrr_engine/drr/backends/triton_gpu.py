@@ -162,6 +162,31 @@ def _cell(x, size_f, size):
 
 
 @_jit
+def _corners(vol_ptr, idx, W, HW, m00, m01, m10, m11, inx0, inx1):
+    """The 8 trilinear corners of the cells at ``idx`` as float32, 0 where masked (outside)."""
+    p = vol_ptr + idx
+    v000 = tl.load(p, mask=m00 & inx0, other=0.0).to(tl.float32)
+    v001 = tl.load(p + 1, mask=m00 & inx1, other=0.0).to(tl.float32)
+    v010 = tl.load(p + W, mask=m01 & inx0, other=0.0).to(tl.float32)
+    v011 = tl.load(p + W + 1, mask=m01 & inx1, other=0.0).to(tl.float32)
+    v100 = tl.load(p + HW, mask=m10 & inx0, other=0.0).to(tl.float32)
+    v101 = tl.load(p + HW + 1, mask=m10 & inx1, other=0.0).to(tl.float32)
+    v110 = tl.load(p + HW + W, mask=m11 & inx0, other=0.0).to(tl.float32)
+    v111 = tl.load(p + HW + W + 1, mask=m11 & inx1, other=0.0).to(tl.float32)
+    return v000, v001, v010, v011, v100, v101, v110, v111
+
+
+@_jit
+def _nearest_label(lab_ptr, xc, yc, zc, live, D, H, W):
+    """The label of the voxel nearest each sample (int32; 0 outside the volume)."""
+    rx = _round_half_even(xc)
+    ry = _round_half_even(yc)
+    rz = _round_half_even(zc)
+    inl = live & (rx >= 0) & (rx < W) & (ry >= 0) & (ry < H) & (rz >= 0) & (rz < D)
+    return tl.load(lab_ptr + (rz * H + ry) * W + rx, mask=inl, other=0).to(tl.int32)
+
+
+@_jit
 def _fwd_kernel(
     vol_ptr,
     lab_ptr,
@@ -209,19 +234,13 @@ def _fwd_kernel(
         xc, ix, fx, inx0, inx1 = _cell(sx + sf * dx, Wf, W)
         yc, iy, fy, iny0, iny1 = _cell(sy + sf * dy, Hf, H)
         zc, iz, fz, inz0, inz1 = _cell(sz + sf * dz, Df, D)
-        p = vol_ptr + (iz * H + iy) * W + ix
         m00 = live & inz0 & iny0
         m01 = live & inz0 & iny1
         m10 = live & inz1 & iny0
         m11 = live & inz1 & iny1
-        v000 = tl.load(p, mask=m00 & inx0, other=0.0).to(tl.float32)
-        v001 = tl.load(p + 1, mask=m00 & inx1, other=0.0).to(tl.float32)
-        v010 = tl.load(p + W, mask=m01 & inx0, other=0.0).to(tl.float32)
-        v011 = tl.load(p + W + 1, mask=m01 & inx1, other=0.0).to(tl.float32)
-        v100 = tl.load(p + HW, mask=m10 & inx0, other=0.0).to(tl.float32)
-        v101 = tl.load(p + HW + 1, mask=m10 & inx1, other=0.0).to(tl.float32)
-        v110 = tl.load(p + HW + W, mask=m11 & inx0, other=0.0).to(tl.float32)
-        v111 = tl.load(p + HW + W + 1, mask=m11 & inx1, other=0.0).to(tl.float32)
+        v000, v001, v010, v011, v100, v101, v110, v111 = _corners(
+            vol_ptr, (iz * H + iy) * W + ix, W, HW, m00, m01, m10, m11, inx0, inx1
+        )
         c00 = v000 + fx * (v001 - v000)
         c01 = v010 + fx * (v011 - v010)
         c10 = v100 + fx * (v101 - v100)
@@ -230,11 +249,7 @@ def _fwd_kernel(
         c1 = c10 + fy * (c11 - c10)
         val = c0 + fz * (c1 - c0)
         if HAS_LAB:
-            rx = _round_half_even(xc)
-            ry = _round_half_even(yc)
-            rz = _round_half_even(zc)
-            inl = live & (rx >= 0) & (rx < W) & (ry >= 0) & (ry < H) & (rz >= 0) & (rz < D)
-            cls = tl.load(lab_ptr + (rz * H + ry) * W + rx, mask=inl, other=0).to(tl.int32)
+            cls = _nearest_label(lab_ptr, xc, yc, zc, live, D, H, W)
             ok = live & (cls >= 0) & (cls < C) & (val != 0.0)
             # A sample of another label flushes the run: each lane owns row n, so no atomics
             flush = ok & (cls != cur) & (acc != 0.0)
@@ -316,11 +331,7 @@ def _bwd_kernel(
         yc, iy, fy, iny0, iny1 = _cell(sy + sf * dy, Hf, H)
         zc, iz, fz, inz0, inz1 = _cell(sz + sf * dz, Df, D)
         if HAS_LAB:
-            rx = _round_half_even(xc)
-            ry = _round_half_even(yc)
-            rz = _round_half_even(zc)
-            inl = live & (rx >= 0) & (rx < W) & (ry >= 0) & (ry < H) & (rz >= 0) & (rz < D)
-            cls = tl.load(lab_ptr + (rz * H + ry) * W + rx, mask=inl, other=0).to(tl.int32)
+            cls = _nearest_label(lab_ptr, xc, yc, zc, live, D, H, W)
             reload = live & (cls != gcls)
             g_new = tl.load(go_ptr + go_base + cls * N, mask=reload & (cls >= 0) & (cls < C), other=0.0)
             g = tl.where(reload, g_new, g)
@@ -331,15 +342,9 @@ def _bwd_kernel(
         m10 = live & inz1 & iny0
         m11 = live & inz1 & iny1
         if NEED_RAY:
-            p = vol_ptr + idx
-            v000 = tl.load(p, mask=m00 & inx0, other=0.0).to(tl.float32)
-            v001 = tl.load(p + 1, mask=m00 & inx1, other=0.0).to(tl.float32)
-            v010 = tl.load(p + W, mask=m01 & inx0, other=0.0).to(tl.float32)
-            v011 = tl.load(p + W + 1, mask=m01 & inx1, other=0.0).to(tl.float32)
-            v100 = tl.load(p + HW, mask=m10 & inx0, other=0.0).to(tl.float32)
-            v101 = tl.load(p + HW + 1, mask=m10 & inx1, other=0.0).to(tl.float32)
-            v110 = tl.load(p + HW + W, mask=m11 & inx0, other=0.0).to(tl.float32)
-            v111 = tl.load(p + HW + W + 1, mask=m11 & inx1, other=0.0).to(tl.float32)
+            v000, v001, v010, v011, v100, v101, v110, v111 = _corners(
+                vol_ptr, idx, W, HW, m00, m01, m10, m11, inx0, inx1
+            )
             e00 = v001 - v000
             e01 = v011 - v010
             e10 = v101 - v100
@@ -425,13 +430,21 @@ def _split(device: torch.device, programs: int, n_samples: int, partial_elems: i
     return triton.cdiv(n_samples, triton.cdiv(n_samples, split))  # no empty chunk
 
 
-def _prepare(vol: Tensor, lab: Tensor | None, n_classes: int, start: Tensor):
-    """Shared launch arguments: label pointer, flags, sizes and layout."""
+def _launch(
+    kernel, split, vol, lab, n_classes, start, delta, step, n_samples, width, count, *buffers, **flags
+):
+    """Run ``kernel`` on the rays, ``split`` programs per block of them (one per chunk of samples), with
+    the output ``buffers`` after the inputs and ``flags`` after the common compile-time ones."""
     B, N, _ = start.shape
-    D, H, W = vol.shape
-    has_lab = n_classes > 1
-    lab_arg = lab.contiguous() if has_lab else vol
-    return lab_arg, has_lab, B, N, D, H, W
+    tiles, tw = _layout(B, N, width)
+    if N == 0 or B == 0:
+        return
+    kernel[(B * tiles, split)](
+        vol, lab.contiguous() if n_classes > 1 else vol, start, delta, step, step if count is None else count,
+        *buffers, B, N, n_classes, *vol.shape, n_samples, triton.cdiv(n_samples, split), max(width, 1), tiles,
+        HAS_LAB=n_classes > 1, HAS_COUNT=count is not None, SPLIT=split, TW=tw, BLOCK=_BLOCK, num_warps=_WARPS,
+        **flags,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -450,40 +463,12 @@ def _forward_impl(
     width: int,
     count: Tensor | None,
 ) -> Tensor:
-    lab_arg, has_lab, B, N, D, H, W = _prepare(vol, lab, n_classes, start)
+    B, N, _ = start.shape
     C = n_classes
-    tiles, tw = _layout(B, N, width)
-    split = _split(start.device, B * tiles, n_samples, B * C * N)
-    chunk = triton.cdiv(n_samples, split)
-    alloc = torch.zeros if has_lab else torch.empty  # labelled runs are added into `out`
-    shape = (split, B, C, N) if split > 1 else (B, C, N)
-    out = alloc(shape, device=start.device, dtype=torch.float32)
-    if N > 0 and B > 0:
-        _fwd_kernel[(B * tiles, split)](
-            vol,
-            lab_arg,
-            start,
-            delta,
-            step,
-            step if count is None else count,
-            out,
-            B,
-            N,
-            C,
-            D,
-            H,
-            W,
-            n_samples,
-            chunk,
-            max(width, 1),
-            tiles,
-            HAS_LAB=has_lab,
-            HAS_COUNT=count is not None,
-            SPLIT=split,
-            TW=tw,
-            BLOCK=_BLOCK,
-            num_warps=_WARPS,
-        )
+    split = _split(start.device, B * _layout(B, N, width)[0], n_samples, B * C * N)
+    alloc = torch.zeros if C > 1 else torch.empty  # labelled runs are added into `out`
+    out = alloc((split, B, C, N) if split > 1 else (B, C, N), device=start.device, dtype=torch.float32)
+    _launch(_fwd_kernel, split, vol, lab, C, start, delta, step, n_samples, width, count, out)
     return out.sum(dim=0) if split > 1 else out
 
 
@@ -506,48 +491,20 @@ def _backward_impl(
     needs: list[bool],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     need_vol, need_ray = needs[0], any(needs[1:])  # one kernel gives every ray gradient
-    lab_arg, has_lab, B, N, D, H, W = _prepare(vol, lab, n_classes, start)
-    tiles, tw = _layout(B, N, width)
-    split = _split(start.device, B * tiles, n_samples, 0) if need_ray else 1
-    chunk = triton.cdiv(n_samples, split)
+    B, N, _ = start.shape
+    split = _split(start.device, B * _layout(B, N, width)[0], n_samples, 0) if need_ray else 1
     grad = grad.to(torch.float32).contiguous()
     gvol = torch.zeros(vol.shape, device=vol.device, dtype=torch.float32) if need_vol else start.new_empty(0)
     lead = (split,) if split > 1 else ()
     gstart = start.new_empty((*lead, B, N, 3) if need_ray else 0)
     gdelta = start.new_empty((*lead, B, N, 3) if need_ray else 0)
     gstep = start.new_empty((*lead, B, N) if need_ray else 0)
-    if (need_vol or need_ray) and N > 0 and B > 0:
-        _bwd_kernel[(B * tiles, split)](
-            vol,
-            lab_arg,
-            start,
-            delta,
-            step,
-            step if count is None else count,
-            grad,
-            gvol if need_vol else grad,
-            gstart if need_ray else grad,
-            gdelta if need_ray else grad,
-            gstep if need_ray else grad,
-            B,
-            N,
-            n_classes,
-            D,
-            H,
-            W,
-            n_samples,
-            chunk,
-            max(width, 1),
-            tiles,
-            HAS_LAB=has_lab,
-            HAS_COUNT=count is not None,
-            NEED_VOL=need_vol,
-            NEED_RAY=need_ray,
-            SPLIT=split,
-            TW=tw,
-            BLOCK=_BLOCK,
-            num_warps=_WARPS,
-        )
+    if need_vol or need_ray:
+        _launch(
+            _bwd_kernel, split, vol, lab, n_classes, start, delta, step, n_samples, width, count, grad,
+            gvol if need_vol else grad, *((gstart, gdelta, gstep) if need_ray else (grad, grad, grad)),
+            NEED_VOL=need_vol, NEED_RAY=need_ray,
+        )  # fmt: skip
     if need_ray and split > 1:
         gstart, gdelta, gstep = gstart.sum(dim=0), gdelta.sum(dim=0), gstep.sum(dim=0)
     if need_vol:

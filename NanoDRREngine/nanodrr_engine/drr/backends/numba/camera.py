@@ -28,6 +28,7 @@ from .march import (
     NO_COUNT,
     bwd_rays_chunk,
     kernel_labels,
+    kernel_volume,
     labels_rays,
     plain_rays,
     schedule,
@@ -127,7 +128,7 @@ def _chunk_rays(M, src, tgt, N, D, H, W, n, R, ck, chunk, rays):
 
 @njit(parallel=True, fastmath=FM, cache=True)
 def _fwd_camera(vol, lab, C, D, H, W, M, src, tgt, N, n, out, n_groups, chunk):
-    """``out``: the ray march of every camera ray, chunk by chunk (scheduled as ``march._fwd_plain``);
+    """``out``: the ray march of every camera ray, chunk by chunk (scheduled as ``march._fwd_rays``);
     flat ``[B, C, N]``, zeroed when there are labels (``lab`` is None for one channel)."""
     R = out.shape[0] // C
     n_chunks = (R + chunk - 1) // chunk
@@ -216,12 +217,8 @@ def _bwd_camera(vol, lab, C, D, H, W, n, M, src, tgt, N, gout, n_groups, chunk, 
     n_chunks = (R + chunk - 1) // chunk
     for g in prange(n_groups):
         rays = _ray_buffers(chunk)
-        grads = (
-            np.empty((chunk, 3), np.float64),
-            np.empty((chunk, 3), np.float64),
-            np.empty(chunk, np.float64),
-        )
-        dstart, ddelta, dstep = grads
+        dstart, ddelta = np.empty((chunk, 3), np.float64), np.empty((chunk, 3), np.float64)
+        dstep = np.empty(chunk, np.float64)
         for ck in range(g, n_chunks, n_groups):
             r0, m = _chunk_rays(M, src, tgt, N, D, H, W, n, R, ck, chunk, rays)
             bwd_rays_chunk(vol, lab, C, N, D, H, W, gout, rays[0], rays[1], rays[2], n, NO_COUNT, dstart, ddelta,
@@ -275,43 +272,23 @@ def raymarch_rays(
         raise RuntimeError(f"numba backend: numba could not be imported ({IMPORT_ERROR!r})")
     check_march_args(vol, lab, n_classes, n_samples)
     check_pose_only_grad(vol=vol, src=src, tgt=tgt)
-    if vol.device.type != "cpu":
-        raise ValueError(f"vol: the numba backend runs on CPU tensors, got device {vol.device}")
-    if vol.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        vol = vol.float()
+    vol = kernel_volume(vol)
     lab = kernel_labels(lab, n_classes)
-    check_ray_count(max(cam_to_voxel.shape[0], src.shape[0], tgt.shape[0]), tgt.shape[1], n_classes, "tgt")
+    check_ray_count(camera_batch(cam_to_voxel, src, tgt), tgt.shape[1], n_classes, "tgt")
     return _rays_op(vol.detach().contiguous(), lab, n_classes, cam_to_voxel, src, tgt, n_samples)
 
 
 def _rays_impl(vol, lab, n_classes, cam_to_voxel, src, tgt, n_samples):
-    B = max(cam_to_voxel.shape[0], src.shape[0], tgt.shape[0])
+    B = camera_batch(cam_to_voxel, src, tgt)
     N = tgt.shape[1]
     m, s, t = camera_arrays(cam_to_voxel, src, tgt)
     out = (torch.zeros if n_classes > 1 else torch.empty)(B, n_classes, N, dtype=torch.float32)
     D, H, W = vol.shape
     lab_np = None if lab is None else lab.reshape(-1).numpy()
     _fwd_camera(
-        vol_np(vol),
-        lab_np,
-        n_classes,
-        D,
-        H,
-        W,
-        m,
-        s,
-        t,
-        N,
-        n_samples,
-        out.view(-1).numpy(),
-        *schedule(B * N),
+        vol_np(vol), lab_np, n_classes, D, H, W, m, s, t, N, n_samples, out.view(-1).numpy(), *schedule(B * N)
     )
     return out
-
-
-def _rays_fake(vol, lab, n_classes, cam_to_voxel, src, tgt, n_samples):
-    B = max(cam_to_voxel.shape[0], src.shape[0], tgt.shape[0])
-    return vol.new_empty(B, n_classes, tgt.shape[1], dtype=torch.float32)
 
 
 def pose_gradient(grad, cam_to_voxel, src, tgt, backward_kernel, *args) -> torch.Tensor:
@@ -328,19 +305,42 @@ def pose_gradient(grad, cam_to_voxel, src, tgt, backward_kernel, *args) -> torch
     return out.to(cam_to_voxel.dtype)
 
 
-def _pose_grad_impl(grad, vol, lab, n_classes, cam_to_voxel, src, tgt, n_samples, needs):
-    lab_np = EMPTY_LAB if lab is None else lab.reshape(-1).numpy()
-    args = (vol_np(vol), lab_np, n_classes, *vol.shape, n_samples)
-    return [pose_gradient(grad, cam_to_voxel, src, tgt, _bwd_camera, *args)]
+def camera_batch(cam_to_voxel: torch.Tensor, src: torch.Tensor, tgt: torch.Tensor) -> int:
+    """The number of images of broadcast camera rays ``[B | 1, ...]``."""
+    return max(cam_to_voxel.shape[0], src.shape[0], tgt.shape[0])
+
+
+def pose_op(name: str, args: str, forward, kernel_args):
+    """A fused CPU op of camera rays (``args`` name ``vol``, ``cam_to_voxel``, ``src``, ``tgt`` and maybe
+    ``n_classes``) giving ``[B, C, N]`` float32, differentiable w.r.t. ``cam_to_voxel`` only: its backward
+    is :func:`pose_gradient` of ``kernel_args(*inputs) = (kernel, *its arguments)``."""
+    names = [arg.strip().rsplit(" ", 1)[1] for arg in args.split(",")]
+
+    def fake(*inputs):
+        x = dict(zip(names, inputs, strict=True))
+        B, C = camera_batch(x["cam_to_voxel"], x["src"], x["tgt"]), x.get("n_classes", 1)
+        return x["vol"].new_empty(B, C, x["tgt"].shape[1], dtype=torch.float32)
+
+    def backward(grad, *inputs, needs):
+        x = dict(zip(names, inputs, strict=True))
+        return [pose_gradient(grad, x["cam_to_voxel"], x["src"], x["tgt"], *kernel_args(*inputs))]
+
+    return fused_op(name, args, forward, fake, backward, differentiable=("cam_to_voxel",), device_types="cpu")
 
 
 # Opaque to torch.compile, as the other numba ops; gradients to cam_to_voxel only.
-_rays_op = fused_op(
+_rays_op = pose_op(
     "numba_raymarch_rays",
     "Tensor vol, Tensor? lab, int n_classes, Tensor cam_to_voxel, Tensor src, Tensor tgt, int n_samples",
     _rays_impl,
-    _rays_fake,
-    _pose_grad_impl,
-    differentiable=("cam_to_voxel",),
-    device_types="cpu",
+    lambda vol, lab, n_classes, cam_to_voxel, src, tgt, n_samples: (
+        (
+            _bwd_camera,
+            vol_np(vol),
+            EMPTY_LAB if lab is None else lab.reshape(-1).numpy(),
+            n_classes,
+            *vol.shape,
+            n_samples,
+        )
+    ),
 )

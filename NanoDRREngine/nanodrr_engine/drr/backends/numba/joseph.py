@@ -22,7 +22,7 @@ Design (why, with the measurements: ``docs/performance.md``, "CPU kernel design"
   the gather instructions of float32; each voxel is off by at most ``scale / 2``. Rays' checked ends
   read the float volume.
 
-Labelmaps (``_fwd_slice_labels``): the runs of equal nearest labels along each ray are summed and
+Labelmaps (``_labels_rays_chunk``): the runs of equal nearest labels along each ray are summed and
 flushed once into their channel (:mod:`.labels`), neighbouring rays in lockstep pairs (restarted at a
 common plane as the quads are), a chunk's pairs segment by segment. The pairs' planes are read as the
 plain march reads them (the plane's sampler on the fixed-point codes), plus one nearest-label read per
@@ -47,25 +47,30 @@ import numpy as np
 import torch
 
 from .._contract import check_march_args, check_pose_only_grad, check_ray_count
-from ..fused_op import fused_op
-from .camera import camera_arrays, clip_to_box, pose_gradient, ray_ends, to_voxel
-from .intrinsics import F0, FM, IMPORT_ERROR, MIN_COMMON, NAN, RUN_BUF, SEGMENT, is_available, njit, prange
-from .labels import channel0_index, flush, labels_interior, labels_range
-from .march import kernel_labels, schedule, vol_np
+from .camera import camera_arrays, camera_batch, clip_to_box, pose_op, ray_ends, to_voxel
+from .intrinsics import F0, FM, IMPORT_ERROR, MIN_COMMON, NAN, is_available, njit, prange
+from .labels import channel0_index, flush, labels_range
+from .lockstep import (
+    finish,
+    lockstep_buffers,
+    lockstep_grad_sums,
+    lockstep_labels,
+    lockstep_sums,
+    ray_tuple,
+    store_sums,
+)
+from .march import kernel_labels, kernel_volume, schedule, vol_np
 from .sampling import (
     NO_PLANE,
-    add7,
     finite_ray,
     grad_range,
-    interior_grad_sum,
-    interior_sum,
     ray_interior,
-    scaled,
     sum_range,
 )
 
 #: Rays marched in lockstep.
 _LANES = 4
+_quad_sums = lockstep_sums(_LANES)
 #: Largest fixed-point code.
 _CODE_MAX = 65535
 #: Volumes (by identity) whose fixed-point codes are kept.
@@ -134,26 +139,24 @@ def _slice_setup(ax, ay, az, bx, by, bz, D, H, W):
 
 
 @njit(fastmath=FM, cache=True)
-def _camera_ray(D, H, W, M, s, t):
-    """Joseph's samples of camera-space ``s → t`` (``M``: camera → voxel, float64).
-
-    Returns ``(p, scale, n)``: ``p`` = (x0, y0, z0, dx, dy, dz) in float32, the sum's factor
-    (mm per sample) and the sample count; ``n = 0`` for a miss (line integral 0) and ``n = -1``
-    for a non-finite ray (NaN).
-    """
+def _joseph_ray(D, H, W, M, s, t):
+    """Joseph's samples of camera-space ``s → t`` (``M``: camera → voxel, float64), with what the pose
+    gradient needs: ``(a, r, length, p, inv, n)`` (voxel start ``a = M·s`` and ray ``r = M·(t − s)``,
+    float64; mm; ``p`` = (x0, y0, z0, dx, dy, dz) in float32; 1/|r_m|; the sample count, 0 for a miss
+    and -1 for a non-finite ray)."""
     ax, ay, az, bx, by, bz, length = to_voxel(M, s, t)
     x0, y0, z0, dx, dy, dz, inv, cnt = _slice_setup(ax, ay, az, bx, by, bz, D, H, W)
-    p = (np.float32(x0), np.float32(y0), np.float32(z0), np.float32(dx), np.float32(dy), np.float32(dz))
     if cnt > 0 and not (finite_ray((x0, y0, z0, dx, dy, dz)) and math.isfinite(length)):
         cnt = -1
-    return p, np.float32(length * inv), np.int64(cnt)
+    p = (np.float32(x0), np.float32(y0), np.float32(z0), np.float32(dx), np.float32(dy), np.float32(dz))
+    return (ax, ay, az), (bx - ax, by - ay, bz - az), length, p, inv, np.int64(cnt)
 
 
 @njit(fastmath=FM, cache=True)
-def _finish(acc, scale, n):
-    if n < 0:
-        return NAN
-    return scale * acc if n > 0 else F0
+def _camera_ray(D, H, W, M, s, t):
+    """``_joseph_ray``'s ``(p, mm per sample, n)``: what the forward marches."""
+    _, _, length, p, inv, cnt = _joseph_ray(D, H, W, M, s, t)
+    return p, np.float32(length * inv), cnt
 
 
 @njit(fastmath=FM, cache=True)
@@ -164,28 +167,10 @@ def _ray_of(D, H, W, cam_to_voxel, src, tgt, b, n):
 
 
 @njit(fastmath=FM, cache=True)
-def _ray_tuple(P, k, j):
-    return (P[k, j, 0], P[k, j, 1], P[k, j, 2], P[k, j, 3], P[k, j, 4], P[k, j, 5])
-
-
-@njit(fastmath=FM, cache=True)
 def _single(vol, code, q, D, H, W, cam_to_voxel, src, tgt, out, r, N):
     b = r // N
-    n = r - b * N
-    p, scale, cnt = _ray_of(D, H, W, cam_to_voxel, src, tgt, b, n)
-    out[b, n] = _finish(_slice_ray(vol, code, q, D, H, W, p, cnt) if cnt > 0 else F0, scale, cnt)
-
-
-@njit(fastmath=FM, cache=True)
-def _lockstep_buffers(n, lanes):
-    """Per group of ``lanes`` neighbouring rays (``_setup_lockstep``): rays ``P``, rays restarted for the
-    lockstep ``PL``, mm per sample ``SC``, sample counts ``CN``, interiors ``AB``, lockstep offsets ``OF``,
-    common interiors ``LH`` (lockstep indices) and plane axes ``AX``."""
-    return (
-        np.empty((n, lanes, 6), np.float32), np.empty((n, lanes, 6), np.float32), np.empty((n, lanes), np.float32),
-        np.empty((n, lanes), np.int64), np.empty((n, lanes, 2), np.int64), np.empty((n, lanes), np.int64),
-        np.zeros((n, 2), np.int64), np.zeros(n, np.int64),
-    )  # fmt: skip
+    p, scale, cnt = _ray_of(D, H, W, cam_to_voxel, src, tgt, b, r - b * N)
+    out[r] = finish(_slice_ray(vol, code, q, D, H, W, p, cnt) if cnt > 0 else F0, scale, cnt)
 
 
 @njit(fastmath=FM, cache=True)
@@ -221,7 +206,7 @@ def _setup_lockstep(D, H, W, cam_to_voxel, src, tgt, r, N, k, buffers):
         hi = 1 << 62
         sign = np.float64(P[k, 0, axis + 3])
         for j in range(lanes):
-            a, e = ray_interior(_ray_tuple(P, k, j), D, H, W, CN[k, j])
+            a, e = ray_interior(ray_tuple(P, k, j), D, H, W, CN[k, j])
             o = int((np.float64(P[k, j, axis]) - np.float64(P[k, 0, axis])) * sign)
             AB[k, j, 0] = a
             AB[k, j, 1] = e
@@ -238,62 +223,25 @@ def _setup_lockstep(D, H, W, cam_to_voxel, src, tgt, r, N, k, buffers):
     return hi > lo
 
 
-@njit(parallel=True, fastmath=FM, cache=True)
-def _fwd_slice_rays(vol, code, q, D, H, W, cam_to_voxel, src, tgt, out, n_groups, chunk):
-    """``out[b, n]``: Joseph's line integral along ``src[b|0, n|0] → tgt[b|0, n]`` (camera mm).
-
-    ``vol``: the float voxels (read by the rays' checked ends); ``code``: what the interior reads
-    (``vol`` itself with ``q`` None, or fixed-point codes of scale ``q``). Contiguous chunks of rays
-    (neighbours share cache lines) are dealt round-robin to one group per thread, which balances
-    the image's uneven work. A chunk's quads of neighbouring rays are set up first, then marched
-    together segment by segment over their common interior; each ray's checked ends follow.
-    """
-    B, N = out.shape
-    R = B * N
-    n_chunks = (R + chunk - 1) // chunk
-    for g in prange(n_groups):
-        for ck in range(g, n_chunks, n_groups):
-            r0 = ck * chunk
-            end = min(R, r0 + chunk)
-            nq = (end - r0) // _LANES
-            buffers = _lockstep_buffers(nq, _LANES)
-            P, PL, SC, CN, AB, OF, LH, AX = buffers
-            ACC = np.zeros((nq, _LANES), np.float32)  # lockstep sums
-            top = 0
-            for k in range(nq):
-                if _setup_lockstep(D, H, W, cam_to_voxel, src, tgt, r0 + _LANES * k, N, k, buffers):
-                    top = max(top, LH[k, 1])
-                    continue
-                for j in range(_LANES):
-                    r = r0 + _LANES * k + j
-                    cnt = CN[k, j]
-                    acc = _slice_ray(vol, code, q, D, H, W, _ray_tuple(P, k, j), cnt) if cnt > 0 else F0
-                    out[r // N, r % N] = _finish(acc, SC[k, j], cnt)
-            for r in range(r0 + _LANES * nq, end):
-                _single(vol, code, q, D, H, W, cam_to_voxel, src, tgt, out, r, N)
-            for sg in range(0, top, SEGMENT):
-                for k in range(nq):
-                    s0 = max(LH[k, 0], sg)
-                    s1 = min(LH[k, 1], sg + SEGMENT)
-                    if s1 > s0:
-                        rays = (
-                            _ray_tuple(PL, k, 0),
-                            _ray_tuple(PL, k, 1),
-                            _ray_tuple(PL, k, 2),
-                            _ray_tuple(PL, k, 3),
-                        )
-                        sums = interior_sum(code, H, W, rays, s0, s1, q, AX[k])
-                        for j in range(_LANES):
-                            ACC[k, j] += sums[j]
-            for k in range(nq):
-                lo, hi = LH[k, 0], LH[k, 1]
-                for j in range(_LANES if hi > lo else 0):
-                    r = r0 + _LANES * k + j
-                    p = _ray_tuple(P, k, j)
-                    a, e, o = AB[k, j, 0], AB[k, j, 1], OF[k, j]  # the lockstep did samples [lo - o, hi - o)
-                    acc = scaled(ACC[k, j], q) + sum_range(vol, code, q, D, H, W, p, AX[k], 0, lo - o, a, e)
-                    acc += sum_range(vol, code, q, D, H, W, p, AX[k], hi - o, CN[k, j], a, e)
-                    out[r // N, r % N] = _finish(acc, SC[k, j], CN[k, j])
+@njit(fastmath=FM, cache=True)
+def _slice_rays_chunk(vol, code, q, D, H, W, cam_to_voxel, src, tgt, N, out, r0, end):
+    """``out[r]`` for the rays ``r0 ≤ r < end``: Joseph's line integral along ``src[b|0, n|0] → tgt[b|0,
+    n]`` (camera mm) of pixel ``n = r % N`` of image ``b``. ``vol``: the float voxels (read by the rays'
+    checked ends); ``code``: what the interior reads (``vol`` itself with ``q`` None, or fixed-point codes
+    of scale ``q``). The chunk's quads of neighbouring rays are set up first, then marched together
+    segment by segment over their common interior; each ray's checked ends follow."""
+    nq = (end - r0) // _LANES
+    buffers = lockstep_buffers(nq, _LANES)
+    P, _, SC, CN, _, _, _, _ = buffers
+    for k in range(nq):
+        if not _setup_lockstep(D, H, W, cam_to_voxel, src, tgt, r0 + _LANES * k, N, k, buffers):
+            for j in range(_LANES):
+                cnt = CN[k, j]
+                acc = _slice_ray(vol, code, q, D, H, W, ray_tuple(P, k, j), cnt) if cnt > 0 else F0
+                out[r0 + _LANES * k + j] = finish(acc, SC[k, j], cnt)
+    for r in range(r0 + _LANES * nq, end):
+        _single(vol, code, q, D, H, W, cam_to_voxel, src, tgt, out, r, N)
+    store_sums(out, r0, buffers, _quad_sums(vol, code, q, D, H, W, buffers))
 
 
 @njit(fastmath=FM, cache=True)
@@ -318,82 +266,40 @@ def _labels_rays_chunk(vol, code, q, lab, D, H, W, C, N, cam_to_voxel, src, tgt,
     the other (the segment's voxels and labels stay in L2 for the next image rows' rays, as in
     ``march.labels_rays``); each pair's open runs wait in between."""
     n_pairs = (end - r0) // 2
-    buffers = _lockstep_buffers(n_pairs, 2)
-    P, PL, SC, CN, AB, OF, LH, AX = buffers
-    RUN = np.empty((n_pairs, 2), np.int64)  # open runs' labels ...
-    ACC = np.empty((n_pairs, 2), np.float32)  # ... and sums
-    top = 0
+    buffers = lockstep_buffers(n_pairs, 2)
+    P, _, SC, CN, _, _, _, _ = buffers
     for k in range(n_pairs):
-        r = r0 + 2 * k
-        lockstep = _setup_lockstep(D, H, W, cam_to_voxel, src, tgt, r, N, k, buffers)
-        top = max(top, LH[k, 1])
-        for j in range(2):
-            p, base = _ray_tuple(P, k, j), channel0_index(r + j, N, C)
-            if lockstep:  # the samples before the lockstep part
-                RUN[k, j], ACC[k, j] = labels_range(
-                    vol, lab, D, H, W, C, N, p, 0, LH[k, 0] - OF[k, j], AB[k, j, 0], AB[k, j, 1], np.int64(-1),
-                    F0, out, base, SC[k, j],
-                )  # fmt: skip
-            else:
-                _labels_one(vol, lab, D, H, W, C, N, p, SC[k, j], CN[k, j], out, base)
+        if not _setup_lockstep(D, H, W, cam_to_voxel, src, tgt, r0 + 2 * k, N, k, buffers):
+            for j in range(2):
+                base = channel0_index(r0 + 2 * k + j, N, C)
+                _labels_one(vol, lab, D, H, W, C, N, ray_tuple(P, k, j), SC[k, j], CN[k, j], out, base)
     if r0 + 2 * n_pairs < end:
         r = end - 1
         b = r // N
         p, scale, cnt = _ray_of(D, H, W, cam_to_voxel, src, tgt, b, r - b * N)
         _labels_one(vol, lab, D, H, W, C, N, p, scale, cnt, out, channel0_index(r, N, C))
-    for sg in range(0, top, RUN_BUF):
-        for k in range(n_pairs):
-            s0 = max(LH[k, 0], sg)
-            s1 = min(LH[k, 1], sg + RUN_BUF)
-            if s1 > s0:
-                r = r0 + 2 * k
-                (RUN[k, 0], RUN[k, 1]), (ACC[k, 0], ACC[k, 1]) = labels_interior(
-                    code, q, lab, H, W, C, N, AX[k], (_ray_tuple(PL, k, 0), _ray_tuple(PL, k, 1)), s0, s1,
-                    (RUN[k, 0], RUN[k, 1]), (ACC[k, 0], ACC[k, 1]), out,
-                    (channel0_index(r, N, C), channel0_index(r + 1, N, C)), (SC[k, 0], SC[k, 1]),
-                )  # fmt: skip
-    for k in range(n_pairs):
-        lo, hi = LH[k, 0], LH[k, 1]
-        for j in range(2 if hi > lo else 0):
-            base = channel0_index(r0 + 2 * k + j, N, C)
-            cur, acc = labels_range(
-                vol, lab, D, H, W, C, N, _ray_tuple(P, k, j), hi - OF[k, j], CN[k, j], AB[k, j, 0], AB[k, j, 1],
-                RUN[k, j], ACC[k, j], out, base, SC[k, j],
-            )  # fmt: skip
-            flush(out, base, N, C, cur, SC[k, j], acc)
+    lockstep_labels(vol, code, q, lab, D, H, W, C, N, buffers, out, r0)
 
 
 @njit(parallel=True, fastmath=FM, cache=True)
-def _fwd_slice_labels(vol, code, q, lab, D, H, W, C, N, cam_to_voxel, src, tgt, out, n_groups, chunk):
-    """``out[(b·C + c)·N + n]``: Joseph's line integral along pixel ``n``'s ray of image ``b`` through
-    the voxels labelled ``c`` (nearest label; ``out`` zeroed). Chunks are scheduled as in
-    ``_fwd_slice_rays``."""
+def _fwd_slices(vol, code, q, lab, D, H, W, C, N, cam_to_voxel, src, tgt, out, n_groups, chunk):
+    """``out[(b·C + c)·N + n]``: Joseph's line integral along pixel ``n``'s ray of image ``b`` through the
+    voxels labelled ``c`` (nearest label; ``out`` zeroed), or through all of them (``lab`` None, one
+    channel). Contiguous chunks of rays (neighbours share cache lines) are dealt round-robin to one group
+    per thread, which balances the image's uneven work."""
     R = out.shape[0] // C
-    n_chunks = (R + chunk - 1) // chunk
     for g in prange(n_groups):
-        for ck in range(g, n_chunks, n_groups):
-            r0 = ck * chunk
-            _labels_rays_chunk(
-                vol, code, q, lab, D, H, W, C, N, cam_to_voxel, src, tgt, out, r0, min(R, r0 + chunk)
-            )
+        for ck in range(g, (R + chunk - 1) // chunk, n_groups):
+            r0, end = ck * chunk, min(R, ck * chunk + chunk)
+            if lab is None:  # resolved at compile time
+                _slice_rays_chunk(vol, code, q, D, H, W, cam_to_voxel, src, tgt, N, out, r0, end)
+            else:
+                _labels_rays_chunk(vol, code, q, lab, D, H, W, C, N, cam_to_voxel, src, tgt, out, r0, end)
 
 
 # ---------------------------------------------------------------------------------------------
 # Pose gradient (registration): the camera → voxel matrix only
 # ---------------------------------------------------------------------------------------------
-
-
-@njit(fastmath=FM, cache=True)
-def _pose_geometry(D, H, W, M, s, t):
-    """Joseph's samples of one ray in float64 for the pose gradient: ``(a, r, length, p32, inv, cnt)``
-    (voxel start ``a = M·s``, ray ``r = M·(t − s)``, mm, the float32 samples the forward marched, 1/|r_m|,
-    the sample count; ``cnt = 0`` when the ray contributes nothing: a miss or a non-finite ray)."""
-    ax, ay, az, bx, by, bz, length = to_voxel(M, s, t)
-    x0, y0, z0, dx, dy, dz, inv, cnt = _slice_setup(ax, ay, az, bx, by, bz, D, H, W)
-    if cnt > 0 and not (finite_ray((x0, y0, z0, dx, dy, dz)) and math.isfinite(length)):
-        cnt = 0
-    p = (np.float32(x0), np.float32(y0), np.float32(z0), np.float32(dx), np.float32(dy), np.float32(dz))
-    return (ax, ay, az), (bx - ax, by - ay, bz - az), length, p, inv, cnt
 
 
 @njit(fastmath=FM, cache=True)
@@ -436,7 +342,7 @@ def _pose_ray(vol, D, H, W, M, src, tgt, N, gout, r, dM):
     """``_pose_chain`` of ray ``r`` (pixel ``r % N`` of image ``r // N``) on its own, into ``dM[b]``."""
     b = r // N
     bm, s, t = ray_ends(M, src, tgt, b, r - b * N)
-    a, ray, length, p, inv, cnt = _pose_geometry(D, H, W, M[bm], s, t)
+    a, ray, length, p, inv, cnt = _joseph_ray(D, H, W, M[bm], s, t)
     if cnt > 0 and gout[r] != 0.0:
         lo, hi = ray_interior(p, D, H, W, cnt)
         sums = grad_range(vol, D, H, W, p, 0, cnt, lo, hi)
@@ -450,46 +356,21 @@ def _pose_rays_chunk(vol, D, H, W, M, src, tgt, N, gout, r0, end, dM):
     axis in one direction (``_setup_lockstep``), all the chunk's pairs one ``SEGMENT`` after the other
     (as the forward's quads)."""
     n_pairs = (end - r0) // 2
-    buffers = _lockstep_buffers(n_pairs, 2)
-    P, PL, _, CN, AB, OF, LH, _ = buffers
-    SUMS = np.zeros((n_pairs, 2, 7), np.float32)  # Σμ, Σ∇μ, Σ s·∇μ of p and q
-    top = 0
+    buffers = lockstep_buffers(n_pairs, 2)
+    LH = buffers[6]
     for k in range(n_pairs):
-        r = r0 + 2 * k
-        if not _setup_lockstep(D, H, W, M, src, tgt, r, N, k, buffers):
-            _pose_ray(vol, D, H, W, M, src, tgt, N, gout, r, dM)
-            _pose_ray(vol, D, H, W, M, src, tgt, N, gout, r + 1, dM)
-            continue
-        lo, hi = LH[k, 0], LH[k, 1]
-        top = max(top, hi)
-        for j in range(2):
-            x, a, e, o = _ray_tuple(P, k, j), AB[k, j, 0], AB[k, j, 1], OF[k, j]
-            ends = add7(
-                grad_range(vol, D, H, W, x, 0, lo - o, a, e),
-                grad_range(vol, D, H, W, x, hi - o, CN[k, j], a, e),
-            )
-            for v in range(7):
-                SUMS[k, j, v] = ends[v]
+        if not _setup_lockstep(D, H, W, M, src, tgt, r0 + 2 * k, N, k, buffers):
+            _pose_ray(vol, D, H, W, M, src, tgt, N, gout, r0 + 2 * k, dM)
+            _pose_ray(vol, D, H, W, M, src, tgt, N, gout, r0 + 2 * k + 1, dM)
     if r0 + 2 * n_pairs < end:
         _pose_ray(vol, D, H, W, M, src, tgt, N, gout, end - 1, dM)
-    for sg in range(0, top, SEGMENT):
-        for k in range(n_pairs):
-            s0 = max(LH[k, 0], sg)
-            s1 = min(LH[k, 1], sg + SEGMENT)
-            if s1 > s0:
-                lock_p, lock_q = interior_grad_sum(
-                    vol, H, W, (_ray_tuple(PL, k, 0), _ray_tuple(PL, k, 1)), s0, s1
-                )
-                fo = np.float32(OF[k, 1])  # q's sample index is t − o: Σ (t − o)·∇μ = Σ t·∇μ − o·Σ∇μ
-                for v in range(7):
-                    SUMS[k, 0, v] += lock_p[v]
-                    SUMS[k, 1, v] += lock_q[v] - (fo * lock_q[v - 3] if v >= 4 else F0)
+    SUMS = lockstep_grad_sums(vol, D, H, W, buffers)
     for k in range(n_pairs):
         for j in range(2 if LH[k, 1] > LH[k, 0] else 0):
             r = r0 + 2 * k + j
             b = r // N
             bm, s, t = ray_ends(M, src, tgt, b, r - b * N)
-            a, rr, length, x, inv, _ = _pose_geometry(D, H, W, M[bm], s, t)
+            a, rr, length, x, inv, _ = _joseph_ray(D, H, W, M[bm], s, t)
             sums = (SUMS[k, j, 0], SUMS[k, j, 1], SUMS[k, j, 2], SUMS[k, j, 3], SUMS[k, j, 4], SUMS[k, j, 5],
                     SUMS[k, j, 6])  # fmt: skip
             if gout[r] != 0.0:
@@ -513,26 +394,14 @@ def _pose_forward(vol, cam_to_voxel, src, tgt, fixed_point):
     return slicemarch_rays(vol, cam_to_voxel, src, tgt, fixed_point)
 
 
-def _pose_fake(vol, cam_to_voxel, src, tgt, fixed_point):
-    B = max(cam_to_voxel.shape[0], src.shape[0], tgt.shape[0])
-    return vol.new_empty(B, 1, tgt.shape[1], dtype=torch.float32)
-
-
-def _pose_backward(grad, vol, cam_to_voxel, src, tgt, fixed_point, needs):
-    vol = vol if vol.dtype in (torch.float32, torch.float16, torch.bfloat16) else vol.float()
-    args = (vol_np(vol.detach().contiguous()), *vol.shape)
-    return [pose_gradient(grad, cam_to_voxel, src, tgt, _bwd_slice_camera, *args)]
-
-
-# Joseph's plain render, differentiable w.r.t. cam_to_voxel (forward: _fwd_slice_rays).
-_pose_op = fused_op(
+# Joseph's plain render, differentiable w.r.t. cam_to_voxel (forward: _fwd_slices).
+_pose_op = pose_op(
     "numba_slicemarch_pose",
     "Tensor vol, Tensor cam_to_voxel, Tensor src, Tensor tgt, bool fixed_point",
     _pose_forward,
-    _pose_fake,
-    _pose_backward,
-    differentiable=("cam_to_voxel",),
-    device_types="cpu",
+    lambda vol, cam_to_voxel, src, tgt, fixed_point: (
+        (_bwd_slice_camera, vol_np(kernel_volume(vol).detach().contiguous()), *vol.shape)
+    ),
 )
 
 
@@ -630,12 +499,9 @@ def slicemarch_rays(
     if not is_available():
         raise RuntimeError(f"numba backend: numba could not be imported ({IMPORT_ERROR!r})")
     check_march_args(vol, lab, n_classes, 1)
-    if vol.device.type != "cpu":
-        raise ValueError(f"vol: the numba backend runs on CPU tensors, got device {vol.device}")
-    if vol.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        vol = vol.float()
+    vol = kernel_volume(vol)
     lab = kernel_labels(lab, n_classes)
-    B = max(cam_to_voxel.shape[0], src.shape[0], tgt.shape[0])
+    B = camera_batch(cam_to_voxel, src, tgt)
     N = tgt.shape[1]
     check_ray_count(B, N, n_classes, "tgt")
     m, s, t = camera_arrays(cam_to_voxel, src, tgt)
@@ -644,13 +510,7 @@ def slicemarch_rays(
     groups, chunk = schedule(B * N)
     fixed = fixed_point_codes(vol) if fixed_point else None
     code, q = (flat, None) if fixed is None else (fixed[0], np.float32(fixed[1]))
-    if lab is not None:
-        out = torch.zeros(B, n_classes, N, dtype=torch.float32)
-        lab_np = lab.reshape(-1).numpy()
-        _fwd_slice_labels(
-            flat, code, q, lab_np, D, H, W, n_classes, N, m, s, t, out.view(-1).numpy(), groups, chunk
-        )
-        return out
-    out = torch.empty(B, 1, N, dtype=torch.float32)
-    _fwd_slice_rays(flat, code, q, D, H, W, m, s, t, out.view(B, N).numpy(), groups, chunk)
+    out = (torch.zeros if lab is not None else torch.empty)(B, n_classes, N, dtype=torch.float32)
+    lab_np = None if lab is None else lab.reshape(-1).numpy()
+    _fwd_slices(flat, code, q, lab_np, D, H, W, n_classes, N, m, s, t, out.view(-1).numpy(), groups, chunk)
     return out

@@ -37,8 +37,6 @@ from .intrinsics import (
     MARGIN,
     MIN_COMMON,
     NAN,
-    RUN_BUF,
-    SEGMENT,
     is_available,
     load_unchecked,
     njit,
@@ -46,14 +44,13 @@ from .intrinsics import (
     prange,
     store_unchecked,
 )
-from .labels import channel0_index, flush, label_at, labels_interior, labels_range, run_end
+from .labels import channel0_index, flush, label_at, labels_range, run_end
+from .lockstep import lockstep_buffers, lockstep_grad_sums, lockstep_labels, lockstep_sums, store_sums
 from .sampling import (
     NO_PLANE,
     add7,
     finite_ray,
     grad_range,
-    interior_grad_sum,
-    interior_sum,
     ray_interior,
     sample_checked,
     sample_interval,
@@ -65,7 +62,7 @@ __all__ = ["raymarch"]
 #: "No per-ray sample counts": every ray has ``n`` samples.
 NO_COUNT = np.zeros(0, np.int64)
 EMPTY_LAB = np.zeros(0, np.uint8)
-_ZERO7 = (F0, F0, F0, F0, F0, F0, F0)
+_pair_sums = lockstep_sums(2)
 
 
 @njit(fastmath=FM, cache=True, inline="always")
@@ -82,34 +79,22 @@ def _ray(start, delta, step, r):
 
 
 @njit(fastmath=FM, cache=True)
-def _setup_pair(start, delta, step, cnt, n, D, H, W, r0, k, lohi, ab):
-    """Rays ``r0 + 2k`` and ``r0 + 2k + 1``, their interiors into ``ab[k]`` and their common interior
-    into ``lohi[k]``: empty unless both are marched and it is long enough for a lockstep march.
-    Returns the rays and whether they march in lockstep."""
-    r = r0 + 2 * k
-    p, ok_p = _ray(start, delta, step, r)
-    q, ok_q = _ray(start, delta, step, r + 1)
-    lohi[k, 0] = lohi[k, 1] = 0
-    if ok_p and ok_q:
-        ab[k, 0], ab[k, 1] = ray_interior(p, D, H, W, ray_sample_count(cnt, n, r))
-        ab[k, 2], ab[k, 3] = ray_interior(q, D, H, W, ray_sample_count(cnt, n, r + 1))
-        lo, hi = max(ab[k, 0], ab[k, 2]), min(ab[k, 1], ab[k, 3])
-        if hi - lo >= MIN_COMMON:
-            lohi[k, 0], lohi[k, 1] = lo, hi
-    return p, q, lohi[k, 1] > lohi[k, 0]
-
-
-@njit(fastmath=FM, cache=True, inline="always")
-def segment_part(lohi, k, sg, size):
-    """The part ``[s0, s1)`` of group ``k``'s common interior ``lohi[k]`` in the segment from ``sg``."""
-    return max(lohi[k, 0], sg), min(lohi[k, 1], sg + size)
-
-
-@njit(fastmath=FM, cache=True, inline="always")
-def _pair_member(start, delta, step, ab, r0, k, j):
-    """Ray ``j`` of pair ``k``: its index, the ray and its interior."""
-    r = r0 + 2 * k + j
-    return r, _ray(start, delta, step, r)[0], ab[k, 2 * j], ab[k, 2 * j + 1]
+def _setup_pair(start, delta, step, cnt, n, D, H, W, r0, k, buffers):
+    """Rays ``r0 + 2k`` and ``r0 + 2k + 1`` into row ``k`` of the lockstep buffers; whether they march in
+    lockstep: both are marched and their common interior is long enough."""
+    P, PL, SC, CN, AB, _, LH, AX = buffers  # lockstep offsets stay 0
+    lo, hi = 0, 1 << 62
+    AX[k] = NO_PLANE
+    for j in range(2):
+        r = r0 + 2 * k + j
+        p, ok = _ray(start, delta, step, r)
+        for c in range(6):
+            P[k, j, c] = PL[k, j, c] = p[c]
+        SC[k, j], CN[k, j] = step[r], ray_sample_count(cnt, n, r)
+        AB[k, j, 0], AB[k, j, 1] = ray_interior(p, D, H, W, CN[k, j]) if ok else (0, 0)
+        lo, hi = max(lo, AB[k, j, 0]), min(hi, AB[k, j, 1]) if ok else 0
+    LH[k, 0], LH[k, 1] = (lo, hi) if hi - lo >= MIN_COMMON else (0, 0)
+    return LH[k, 1] > LH[k, 0]
 
 
 @njit(fastmath=FM, cache=True)
@@ -132,42 +117,14 @@ def plain_rays(vol, D, H, W, start, delta, step, n, cnt, r0, end, out, o):
     which read many of them again, come by.
     """
     n_pairs = (end - r0) // 2
-    lohi = np.empty((n_pairs, 2), np.int64)
-    ab = np.zeros((n_pairs, 4), np.int64)
-    acc = np.zeros((n_pairs, 2), np.float32)
+    buffers = lockstep_buffers(n_pairs, 2)
     for k in range(n_pairs):
-        if not _setup_pair(start, delta, step, cnt, n, D, H, W, r0, k, lohi, ab)[2]:
+        if not _setup_pair(start, delta, step, cnt, n, D, H, W, r0, k, buffers):
             for r in range(r0 + 2 * k, r0 + 2 * k + 2):
                 _plain_single(vol, D, H, W, start, delta, step, n, cnt, r, out, o)
     if r0 + 2 * n_pairs < end:
         _plain_single(vol, D, H, W, start, delta, step, n, cnt, end - 1, out, o)
-    for sg in range(0, n, SEGMENT):
-        for k in range(n_pairs):
-            s0, s1 = segment_part(lohi, k, sg, SEGMENT)
-            if s1 > s0:
-                p, q = _ray(start, delta, step, r0 + 2 * k)[0], _ray(start, delta, step, r0 + 2 * k + 1)[0]
-                sums = interior_sum(vol, H, W, (p, q), s0, s1, None, NO_PLANE)
-                acc[k, 0] += sums[0]
-                acc[k, 1] += sums[1]
-    for k in range(n_pairs):
-        lo, hi = lohi[k, 0], lohi[k, 1]
-        for j in range(2 if hi > lo else 0):
-            r, x, a, b = _pair_member(start, delta, step, ab, r0, k, j)
-            m = acc[k, j] + sum_range(vol, vol, None, D, H, W, x, NO_PLANE, 0, lo, a, b)
-            m += sum_range(vol, vol, None, D, H, W, x, NO_PLANE, hi, ray_sample_count(cnt, n, r), a, b)
-            out[r + o] = step[r] * m
-
-
-@njit(parallel=True, fastmath=FM, cache=True)
-def _fwd_plain(vol, D, H, W, start, delta, step, n, cnt, out, n_groups, chunk):
-    """``plain_rays`` of all rays, in contiguous chunks dealt round-robin to ``n_groups`` groups."""
-    R = step.shape[0]
-    n_chunks = (R + chunk - 1) // chunk
-    for g in prange(n_groups):
-        for ck in range(g, n_chunks, n_groups):
-            plain_rays(
-                vol, D, H, W, start, delta, step, n, cnt, ck * chunk, min(R, ck * chunk + chunk), out, 0
-            )
+    store_sums(out, r0 + o, buffers, _pair_sums(vol, vol, None, D, H, W, buffers))
 
 
 @njit(fastmath=FM, cache=True)
@@ -193,55 +150,28 @@ def labels_rays(vol, lab, D, H, W, C, N, start, delta, step, n, cnt, r0, end, ou
     open runs wait in between).
     """
     n_pairs = (end - r0) // 2
-    lohi = np.empty((n_pairs, 2), np.int64)
-    ab = np.zeros((n_pairs, 4), np.int64)
-    runs = np.empty((n_pairs, 2), np.int64)  # open runs' labels ...
-    accs = np.empty((n_pairs, 2), np.float32)  # ... and sums
+    buffers = lockstep_buffers(n_pairs, 2)
     for k in range(n_pairs):
-        lockstep = _setup_pair(start, delta, step, cnt, n, D, H, W, r0, k, lohi, ab)[2]
-        for j in range(2):
-            r, x, a, b = _pair_member(start, delta, step, ab, r0, k, j)
-            if lockstep:  # the samples before the common interior
-                runs[k, j], accs[k, j] = labels_range(
-                    vol, lab, D, H, W, C, N, x, 0, lohi[k, 0], a, b, np.int64(-1), F0, out,
-                    channel0_index(r + o, N, C), step[r],
-                )  # fmt: skip
-            else:
+        if not _setup_pair(start, delta, step, cnt, n, D, H, W, r0, k, buffers):
+            for r in range(r0 + 2 * k, r0 + 2 * k + 2):
                 _labels_single(vol, lab, D, H, W, C, N, start, delta, step, n, cnt, r, out, o)
     if r0 + 2 * n_pairs < end:
         _labels_single(vol, lab, D, H, W, C, N, start, delta, step, n, cnt, end - 1, out, o)
-    for sg in range(0, n, RUN_BUF):
-        for k in range(n_pairs):
-            s0, s1 = segment_part(lohi, k, sg, RUN_BUF)
-            if s1 > s0:
-                r = r0 + 2 * k
-                p, q = _ray(start, delta, step, r)[0], _ray(start, delta, step, r + 1)[0]
-                bases = (channel0_index(r + o, N, C), channel0_index(r + 1 + o, N, C))
-                (runs[k, 0], runs[k, 1]), (accs[k, 0], accs[k, 1]) = labels_interior(
-                    vol, None, lab, H, W, C, N, NO_PLANE, (p, q), s0, s1, (runs[k, 0], runs[k, 1]),
-                    (accs[k, 0], accs[k, 1]), out, bases, (step[r], step[r + 1]),
-                )  # fmt: skip
-    for k in range(n_pairs):
-        for j in range(2 if lohi[k, 1] > lohi[k, 0] else 0):
-            r, x, a, b = _pair_member(start, delta, step, ab, r0, k, j)
-            base = channel0_index(r + o, N, C)
-            cur, acc = labels_range(
-                vol, lab, D, H, W, C, N, x, lohi[k, 1], ray_sample_count(cnt, n, r), a, b, runs[k, j], accs[k, j],
-                out, base, step[r],
-            )  # fmt: skip
-            flush(out, base, N, C, cur, step[r], acc)
+    lockstep_labels(vol, vol, None, lab, D, H, W, C, N, buffers, out, r0 + o)
 
 
 @njit(parallel=True, fastmath=FM, cache=True)
-def _fwd_labels(vol, lab, D, H, W, C, N, start, delta, step, n, cnt, out, n_groups, chunk):
-    """``out[(b·C + c)·N + i] = step · Σ_s μ(p_s)·[label(p_s) == c]`` (``out`` zeroed, flat), chunks
-    scheduled as in ``_fwd_plain``."""
+def _fwd_rays(vol, lab, D, H, W, C, N, start, delta, step, n, cnt, out, n_groups, chunk):
+    """``out[(b·C + c)·N + i] = step · Σ_s μ(p_s)·[label(p_s) == c]`` (flat; zeroed when there are labels,
+    ``lab`` None for one channel) in contiguous chunks of rays dealt round-robin to ``n_groups`` groups."""
     R = step.shape[0]
-    n_chunks = (R + chunk - 1) // chunk
     for g in prange(n_groups):
-        for ck in range(g, n_chunks, n_groups):
-            r0 = ck * chunk
-            labels_rays(vol, lab, D, H, W, C, N, start, delta, step, n, cnt, r0, min(R, r0 + chunk), out, 0)
+        for ck in range(g, (R + chunk - 1) // chunk, n_groups):
+            r0, end = ck * chunk, min(R, ck * chunk + chunk)
+            if lab is None:  # resolved at compile time
+                plain_rays(vol, D, H, W, start, delta, step, n, cnt, r0, end, out, 0)
+            else:
+                labels_rays(vol, lab, D, H, W, C, N, start, delta, step, n, cnt, r0, end, out, 0)
 
 
 @njit(fastmath=FM, cache=True)
@@ -297,55 +227,28 @@ def _bwd_store(dstart, ddelta, dstep, pos, need_step, r, st, sums):
 
 
 @njit(fastmath=FM, cache=True)
-def _outside_common(vol, D, H, W, p, a, b, lo, hi, n, pos):
-    """Sums of ray ``p`` outside the common interior ``[lo, hi)`` of a pair (7 floats)."""
-    if pos:
-        return add7(grad_range(vol, D, H, W, p, 0, lo, a, b), grad_range(vol, D, H, W, p, hi, n, a, b))
-    m = sum_range(vol, vol, None, D, H, W, p, NO_PLANE, 0, lo, a, b)
-    m += sum_range(vol, vol, None, D, H, W, p, NO_PLANE, hi, n, a, b)
-    return (m, F0, F0, F0, F0, F0, F0)
-
-
-@njit(fastmath=FM, cache=True)
 def bwd_rays_chunk(
     vol, lab, C, N, D, H, W, gout, start, delta, step, n, cnt, dstart, ddelta, dstep, pos, need_step, r0, end, o
 ):  # fmt: skip
     """``_bwd_rays`` for the rays ``r0 ≤ r < end``, whose output gradients are those of ray ``r + o``.
     Plain renders march neighbouring rays in pairs, segment by segment, as the forward does."""
-    has_lab = lab.size > 0
-    n_pairs = (end - r0) // 2 if not has_lab else 0
-    lohi = np.empty((n_pairs, 2), np.int64)
-    ab = np.zeros((n_pairs, 4), np.int64)
-    sums = np.zeros((n_pairs, 2, 7), np.float32)  # the pairs' inner sums
+    n_pairs = (end - r0) // 2 if lab.size == 0 else 0
+    buffers = lockstep_buffers(n_pairs, 2)
     for k in range(n_pairs + 1):  # the last: every ray with labels, else an odd last ray
-        if k == n_pairs or not _setup_pair(start, delta, step, cnt, n, D, H, W, r0, k, lohi, ab)[2]:
+        if k == n_pairs or not _setup_pair(start, delta, step, cnt, n, D, H, W, r0, k, buffers):
             for r in range(r0 + 2 * k, end if k == n_pairs else r0 + 2 * k + 2):
                 _bwd_single(vol, lab, C, N, D, H, W, gout, start, delta, step, n, cnt, dstart, ddelta, dstep,
                             pos, need_step, r, o)  # fmt: skip
-    for sg in range(0, n if n_pairs else 0, SEGMENT):
-        for k in range(n_pairs):
-            s0, s1 = segment_part(lohi, k, sg, SEGMENT)
-            if s1 > s0:
-                p, q = _ray(start, delta, step, r0 + 2 * k)[0], _ray(start, delta, step, r0 + 2 * k + 1)[0]
-                if pos:
-                    ip, iq = interior_grad_sum(vol, H, W, (p, q), s0, s1)
-                else:
-                    m = interior_sum(vol, H, W, (p, q), s0, s1, None, NO_PLANE)
-                    ip, iq = (m[0], F0, F0, F0, F0, F0, F0), (m[1], F0, F0, F0, F0, F0, F0)
-                for i in range(7):
-                    sums[k, 0, i] += ip[i]
-                    sums[k, 1, i] += iq[i]
+    if pos:
+        sums = lockstep_grad_sums(vol, D, H, W, buffers)
+    else:  # Σ g·μ only
+        sums = np.zeros((n_pairs, 2, 7), np.float32)
+        sums[:, :, 0] = _pair_sums(vol, vol, None, D, H, W, buffers)
+    LH = buffers[6]
     for k in range(n_pairs):
-        lo, hi = lohi[k, 0], lohi[k, 1]
-        for j in range(2 if hi > lo else 0):
-            r, x, a, b = _pair_member(start, delta, step, ab, r0, k, j)
-            outer = _outside_common(vol, D, H, W, x, a, b, lo, hi, ray_sample_count(cnt, n, r), pos)
-            w = np.float64(gout[r + o])
-            s = sums[k, j]
-            total = (
-                w * (s[0] + outer[0]), w * (s[1] + outer[1]), w * (s[2] + outer[2]), w * (s[3] + outer[3]),
-                w * (s[4] + outer[4]), w * (s[5] + outer[5]), w * (s[6] + outer[6]),
-            )  # fmt: skip
+        for j in range(2 if LH[k, 1] > LH[k, 0] else 0):
+            r, s, w = r0 + 2 * k + j, sums[k, j], np.float64(gout[r0 + 2 * k + j + o])
+            total = (w * s[0], w * s[1], w * s[2], w * s[3], w * s[4], w * s[5], w * s[6])
             _bwd_store(dstart, ddelta, dstep, pos, need_step, r, step[r], total)
 
 
@@ -403,7 +306,16 @@ def _bwd_vol(lab, C, N, D, H, W, gout, start, delta, step, n, cnt, axis, slab, n
     has_lab = lab.size > 0
     size = D if axis == 0 else (H if axis == 1 else W)
     n_slabs = (size + slab - 1) // slab
-    HW = H * W
+    corners = (
+        0,
+        1,
+        W,
+        W + 1,
+        H * W,
+        H * W + 1,
+        H * W + W,
+        H * W + W + 1,
+    )  # flat offsets, _corner_weights' order
     for t in prange(n_workers):
         for sl in range(t, n_slabs, n_workers):
             lo = sl * slab
@@ -461,14 +373,10 @@ def _bwd_vol(lab, C, N, D, H, W, gout, start, delta, step, n, cnt, axis, slab, n
                     ):  # fmt: skip
                         # all 8 corners inside the volume and this slab: no per-corner checks
                         i = (iz * H + iy) * W + ix
-                        store_unchecked(dvol, i, load_unchecked(dvol, i) + wts[0])
-                        store_unchecked(dvol, i + 1, load_unchecked(dvol, i + 1) + wts[1])
-                        store_unchecked(dvol, i + W, load_unchecked(dvol, i + W) + wts[2])
-                        store_unchecked(dvol, i + W + 1, load_unchecked(dvol, i + W + 1) + wts[3])
-                        store_unchecked(dvol, i + HW, load_unchecked(dvol, i + HW) + wts[4])
-                        store_unchecked(dvol, i + HW + 1, load_unchecked(dvol, i + HW + 1) + wts[5])
-                        store_unchecked(dvol, i + HW + W, load_unchecked(dvol, i + HW + W) + wts[6])
-                        store_unchecked(dvol, i + HW + W + 1, load_unchecked(dvol, i + HW + W + 1) + wts[7])
+                        for c in range(8):
+                            store_unchecked(
+                                dvol, i + corners[c], load_unchecked(dvol, i + corners[c]) + wts[c]
+                            )
                         continue
                     for cz in range(2):
                         kz = iz + cz
@@ -502,6 +410,14 @@ def kernel_labels(lab: torch.Tensor | None, n_classes: int) -> torch.Tensor | No
     if lab.dtype not in _LABEL_DTYPES or lab.numel() < 4:
         lab = lab.to(torch.int64)
     return lab.detach().contiguous()
+
+
+def kernel_volume(vol: torch.Tensor) -> torch.Tensor:
+    """``vol`` in a dtype the kernels read: float32, float16 or bfloat16 (others are cast); a named error
+    unless it is on the CPU."""
+    if vol.device.type != "cpu":
+        raise ValueError(f"vol: the numba backend runs on CPU tensors, got device {vol.device}")
+    return vol if vol.dtype in (torch.float32, torch.float16, torch.bfloat16) else vol.float()
 
 
 def _threads() -> int:
@@ -545,16 +461,24 @@ def _forward_impl(vol, lab, n_classes, start, delta, step, n_samples, count):
     B, N = step.shape
     st, de, sp = _geometry_np(start, delta, step)
     cnt = _count_np(count)
-    groups, chunk = schedule(B * N)
-    if lab is None:
-        out = torch.empty(B, 1, N, dtype=torch.float32)
-        _fwd_plain(vol_np(vol), D, H, W, st, de, sp, n_samples, cnt, out.view(-1).numpy(), groups, chunk)
-    else:
-        out = torch.zeros(B, n_classes, N, dtype=torch.float32)
-        flat = out.view(-1).numpy()
-        _fwd_labels(
-            vol_np(vol), _lab_np(lab), D, H, W, n_classes, N, st, de, sp, n_samples, cnt, flat, groups, chunk
-        )
+    out = (torch.zeros if lab is not None else torch.empty)(B, n_classes, N, dtype=torch.float32)
+    lab_np = None if lab is None else lab.reshape(-1).numpy()
+    _fwd_rays(
+        vol_np(vol),
+        lab_np,
+        D,
+        H,
+        W,
+        n_classes,
+        N,
+        st,
+        de,
+        sp,
+        n_samples,
+        cnt,
+        out.view(-1).numpy(),
+        *schedule(B * N),
+    )
     return out
 
 
@@ -643,12 +567,8 @@ def raymarch(
         raise RuntimeError(f"numba backend: numba could not be imported ({IMPORT_ERROR!r})")
     check_raymarch_args(vol, lab, n_classes, start, delta, step, n_samples)
     check_sample_counts(count, *step.shape, n_samples, vol.device)
-    if vol.device.type != "cpu":
-        raise ValueError(f"vol: the numba backend runs on CPU tensors, got device {vol.device}")
+    vol = kernel_volume(vol).contiguous()
     lab = kernel_labels(lab, n_classes)
-    if vol.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        vol = vol.float()
-    vol = vol.contiguous()
     start, delta, step = (t.to(torch.float32).contiguous() for t in (start, delta, step))
     if count is not None:
         count = count.detach().to(torch.int64).contiguous()
