@@ -306,16 +306,7 @@ def _bwd_vol(lab, C, N, D, H, W, gout, start, delta, step, n, cnt, axis, slab, n
     has_lab = lab.size > 0
     size = D if axis == 0 else (H if axis == 1 else W)
     n_slabs = (size + slab - 1) // slab
-    corners = (
-        0,
-        1,
-        W,
-        W + 1,
-        H * W,
-        H * W + 1,
-        H * W + W,
-        H * W + W + 1,
-    )  # flat offsets, _corner_weights' order
+    HW = H * W
     for t in prange(n_workers):
         for sl in range(t, n_slabs, n_workers):
             lo = sl * slab
@@ -373,10 +364,14 @@ def _bwd_vol(lab, C, N, D, H, W, gout, start, delta, step, n, cnt, axis, slab, n
                     ):  # fmt: skip
                         # all 8 corners inside the volume and this slab: no per-corner checks
                         i = (iz * H + iy) * W + ix
-                        for c in range(8):
-                            store_unchecked(
-                                dvol, i + corners[c], load_unchecked(dvol, i + corners[c]) + wts[c]
-                            )
+                        store_unchecked(dvol, i, load_unchecked(dvol, i) + wts[0])
+                        store_unchecked(dvol, i + 1, load_unchecked(dvol, i + 1) + wts[1])
+                        store_unchecked(dvol, i + W, load_unchecked(dvol, i + W) + wts[2])
+                        store_unchecked(dvol, i + W + 1, load_unchecked(dvol, i + W + 1) + wts[3])
+                        store_unchecked(dvol, i + HW, load_unchecked(dvol, i + HW) + wts[4])
+                        store_unchecked(dvol, i + HW + 1, load_unchecked(dvol, i + HW + 1) + wts[5])
+                        store_unchecked(dvol, i + HW + W, load_unchecked(dvol, i + HW + W) + wts[6])
+                        store_unchecked(dvol, i + HW + W + 1, load_unchecked(dvol, i + HW + W + 1) + wts[7])
                         continue
                     for cz in range(2):
                         kz = iz + cz
