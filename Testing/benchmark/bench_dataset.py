@@ -19,6 +19,7 @@ and peak RSS (VmHWM, whole process tree) at N and 4·N images, which must not gr
 
     .venv/bin/python Testing/benchmark/bench_dataset.py --json dataset.json
     .venv/bin/python Testing/benchmark/bench_dataset.py --sizes 128 --n 48 --quick
+    .venv/bin/python Testing/benchmark/bench_dataset.py --sizes 128 --n 768 --cases local-2 ray-2 --rounds 3
 """
 
 from __future__ import annotations
@@ -218,6 +219,8 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=32)
     ap.add_argument("--n-nanodrr", type=int, default=6, help="images in nanodrr's loop (it is slow)")
     ap.add_argument("--quick", action="store_true", help="skip the memory-scaling cases")
+    ap.add_argument("--cases", nargs="+", help="only these cases (e.g. local-2 ray-2; default all)")
+    ap.add_argument("--rounds", type=int, default=1, help="run the case list this many times, interleaved")
     ap.add_argument("--json", help="write all results here")
     ap.add_argument("--case", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -229,6 +232,11 @@ def main() -> None:
         return
     if not Path(a.ct).is_file():
         raise SystemExit(f"no CT at {a.ct} (--ct)")
+    unknown = set(a.cases or ()) - {"local-1", "local-2", "ray-2", "naive", "nanodrr", "local-1 (4N)"}
+    if unknown:
+        raise SystemExit(f"--cases: unknown {sorted(unknown)}")
+    if a.rounds < 1:
+        raise SystemExit(f"--rounds: must be >= 1, got {a.rounds}")
     results = {"machine": {"cpus": os.cpu_count(), "load": os.getloadavg()}, "cases": []}
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench_dataset_") as tmp:
@@ -249,13 +257,15 @@ def main() -> None:
                         {"kind": "generate", "engine": "local", "workers": 1, "threads": 2, "spec_kw": big},
                     )
                 )
-            for name, c in cases:
+            if a.cases:
+                cases = [(name, c) for name, c in cases if name in a.cases]
+            for rnd, (name, c) in ((r, nc) for r in range(a.rounds) for nc in cases):
                 c = {"ct": a.ct, "spec_kw": kw, **c}
                 if c["kind"] == "generate":
-                    c["out"] = str(Path(tmp) / f"{name.replace(' ', '')}-{size}.zarr")
+                    c["out"] = str(Path(tmp) / f"{name.replace(' ', '')}-{size}-{rnd}.zarr")
                 t = time.perf_counter()
                 res = run_case(c)
-                res.update(case=name, size=size, process_s=time.perf_counter() - t)
+                res.update(case=name, size=size, round=rnd, process_s=time.perf_counter() - t)
                 results["cases"].append(res)
                 print(json.dumps(res), flush=True)
     results["total_s"] = time.perf_counter() - t_all

@@ -189,17 +189,23 @@ def lanes_labels(sample, lanes):
 def labels_interior(
     code, q, lab, H, W, C, N, axis, rays, s0, s1, curs, accs, out, bases, scales
 ):  # pragma: no cover
-    """``lanes_labels`` of the sampler of plane ``axis``, for as many lanes as ``rays`` holds."""
+    """``lanes_labels`` of the sampler of plane ``axis`` (None: trilinear, chosen at compile time), for as
+    many lanes as ``rays`` holds."""
     raise NotImplementedError
 
 
 if IMPORT_ERROR is None:
+    from numba import types
     from numba.extending import overload
 
     @overload(labels_interior, jit_options={"fastmath": FM})
     def _labels_interior(code, q, lab, H, W, C, N, axis, rays, s0, s1, curs, accs, out, bases, scales):
         lanes = len(rays)
         on_j, on_k, anywhere = (lanes_labels(SAMPLERS[a], lanes) for a in (1, 2, NO_PLANE))
+        if isinstance(axis, types.NoneType):
+            return lambda code, q, lab, H, W, C, N, axis, rays, s0, s1, curs, accs, out, bases, scales: (
+                anywhere(code, q, lab, H, W, C, N, rays, s0, s1, curs, accs, out, bases, scales)
+            )
 
         def impl(code, q, lab, H, W, C, N, axis, rays, s0, s1, curs, accs, out, bases, scales):
             if axis == 1:
@@ -222,7 +228,7 @@ def labels_range(vol, lab, D, H, W, C, N, p, sa, sb, a, b, cur, acc, out, base, 
         if s >= a and s < b:
             e = min(min(b, sb), s + RUN_BUF)
             (cur,), (acc,) = labels_interior(
-                vol, None, lab, H, W, C, N, NO_PLANE, (p,), s, e, (cur,), (acc,), out, (base,), (scale,)
+                vol, None, lab, H, W, C, N, None, (p,), s, e, (cur,), (acc,), out, (base,), (scale,)
             )
             s = e
             continue

@@ -17,7 +17,7 @@ import functools
 
 import numpy as np
 
-from .intrinsics import F0, FM, NAN, RUN_BUF, SEGMENT, njit
+from .intrinsics import F0, FM, IMPORT_ERROR, NAN, RUN_BUF, SEGMENT, njit
 from .labels import channel0_index, flush, labels_interior, labels_range
 from .sampling import add7, grad_range, interior_grad_sum, interior_sum, scaled, sum_range
 
@@ -32,6 +32,30 @@ def lockstep_buffers(n, lanes):
         np.empty((n, lanes), np.int64), np.empty((n, lanes, 2), np.int64), np.zeros((n, lanes), np.int64),
         np.zeros((n, 2), np.int64), np.zeros(n, np.int64),
     )  # fmt: skip
+
+
+@njit(fastmath=FM, cache=True)
+def trilinear_buffers(n, lanes):
+    """``lockstep_buffers`` whose ``AX`` is None: no group lies on planes, so the skeleton's loops call
+    the trilinear sampler without a branch (specialised at compile time, as ``q is None``)."""
+    b = lockstep_buffers(n, lanes)
+    return b[0], b[1], b[2], b[3], b[4], b[5], b[6], None
+
+
+def plane_of(AX, k):  # pragma: no cover - jitted only
+    """Group ``k``'s plane axis: ``AX[k]``, or None when ``AX`` is (``trilinear_buffers``)."""
+    raise NotImplementedError
+
+
+if IMPORT_ERROR is None:
+    from numba import types
+    from numba.extending import overload
+
+    @overload(plane_of, inline="always")
+    def _plane_of(AX, k):
+        if isinstance(AX, types.NoneType):
+            return lambda AX, k: None
+        return lambda AX, k: AX[k]
 
 
 @njit(fastmath=FM, cache=True, inline="always")
@@ -89,7 +113,7 @@ def lockstep_sums(lanes):
             for k in range(n):
                 s0, s1 = segment_part(LH, k, sg, SEGMENT)
                 if s1 > s0:
-                    part = interior_sum(code, H, W, rays_of(PL, k), s0, s1, q, AX[k])
+                    part = interior_sum(code, H, W, rays_of(PL, k), s0, s1, q, plane_of(AX, k))
                     for j in range(lanes):
                         tot[k, j] += part[j]
         for k in range(n):
@@ -101,8 +125,9 @@ def lockstep_sums(lanes):
                     AB[k, j, 1],
                     OF[k, j],
                 )  # lockstep: [lo - o, hi - o)
-                acc = scaled(tot[k, j], q) + sum_range(vol, code, q, D, H, W, p, AX[k], 0, lo - o, a, e)
-                tot[k, j] = acc + sum_range(vol, code, q, D, H, W, p, AX[k], hi - o, CN[k, j], a, e)
+                ax = plane_of(AX, k)
+                acc = scaled(tot[k, j], q) + sum_range(vol, code, q, D, H, W, p, ax, 0, lo - o, a, e)
+                tot[k, j] = acc + sum_range(vol, code, q, D, H, W, p, ax, hi - o, CN[k, j], a, e)
         return tot
 
     return sums
@@ -129,7 +154,7 @@ def lockstep_labels(vol, code, q, lab, D, H, W, C, N, buffers, out, first):
             if s1 > s0:
                 r = first + 2 * k
                 (runs[k, 0], runs[k, 1]), (accs[k, 0], accs[k, 1]) = labels_interior(
-                    code, q, lab, H, W, C, N, AX[k], _two_rays(PL, k), s0, s1, (runs[k, 0], runs[k, 1]),
+                    code, q, lab, H, W, C, N, plane_of(AX, k), _two_rays(PL, k), s0, s1, (runs[k, 0], runs[k, 1]),
                     (accs[k, 0], accs[k, 1]), out, (channel0_index(r, N, C), channel0_index(r + 1, N, C)),
                     (SC[k, 0], SC[k, 1]),
                 )  # fmt: skip

@@ -45,9 +45,8 @@ from .intrinsics import (
     store_unchecked,
 )
 from .labels import channel0_index, flush, label_at, labels_range, run_end
-from .lockstep import lockstep_buffers, lockstep_grad_sums, lockstep_labels, lockstep_sums, store_sums
+from .lockstep import lockstep_grad_sums, lockstep_labels, lockstep_sums, store_sums, trilinear_buffers
 from .sampling import (
-    NO_PLANE,
     add7,
     finite_ray,
     grad_range,
@@ -82,9 +81,8 @@ def _ray(start, delta, step, r):
 def _setup_pair(start, delta, step, cnt, n, D, H, W, r0, k, buffers):
     """Rays ``r0 + 2k`` and ``r0 + 2k + 1`` into row ``k`` of the lockstep buffers; whether they march in
     lockstep: both are marched and their common interior is long enough."""
-    P, PL, SC, CN, AB, _, LH, AX = buffers  # lockstep offsets stay 0
+    P, PL, SC, CN, AB, _, LH, _ = buffers  # lockstep offsets stay 0, no plane axes
     lo, hi = 0, 1 << 62
-    AX[k] = NO_PLANE
     for j in range(2):
         r = r0 + 2 * k + j
         p, ok = _ray(start, delta, step, r)
@@ -105,7 +103,7 @@ def _plain_single(vol, D, H, W, start, delta, step, n, cnt, r, out, o):
         out[r + o] = F0 if step[r] == 0 else NAN
         return
     a, b = ray_interior(p, D, H, W, n)
-    out[r + o] = step[r] * sum_range(vol, vol, None, D, H, W, p, NO_PLANE, 0, n, a, b)
+    out[r + o] = step[r] * sum_range(vol, vol, None, D, H, W, p, None, 0, n, a, b)
 
 
 @njit(fastmath=FM, cache=True)
@@ -117,7 +115,7 @@ def plain_rays(vol, D, H, W, start, delta, step, n, cnt, r0, end, out, o):
     which read many of them again, come by.
     """
     n_pairs = (end - r0) // 2
-    buffers = lockstep_buffers(n_pairs, 2)
+    buffers = trilinear_buffers(n_pairs, 2)
     for k in range(n_pairs):
         if not _setup_pair(start, delta, step, cnt, n, D, H, W, r0, k, buffers):
             for r in range(r0 + 2 * k, r0 + 2 * k + 2):
@@ -150,7 +148,7 @@ def labels_rays(vol, lab, D, H, W, C, N, start, delta, step, n, cnt, r0, end, ou
     open runs wait in between).
     """
     n_pairs = (end - r0) // 2
-    buffers = lockstep_buffers(n_pairs, 2)
+    buffers = trilinear_buffers(n_pairs, 2)
     for k in range(n_pairs):
         if not _setup_pair(start, delta, step, cnt, n, D, H, W, r0, k, buffers):
             for r in range(r0 + 2 * k, r0 + 2 * k + 2):
@@ -208,7 +206,7 @@ def _bwd_single(
                             sums, (w * u[0], w * u[1], w * u[2], w * u[3], w * u[4], w * u[5], w * u[6])
                         )
                     else:
-                        m = w * sum_range(vol, vol, None, D, H, W, p, NO_PLANE, s0, e, a, b)
+                        m = w * sum_range(vol, vol, None, D, H, W, p, None, s0, e, a, b)
                         sums = (sums[0] + m, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
             cur = nxt
             s0 = e
@@ -233,7 +231,7 @@ def bwd_rays_chunk(
     """``_bwd_rays`` for the rays ``r0 ≤ r < end``, whose output gradients are those of ray ``r + o``.
     Plain renders march neighbouring rays in pairs, segment by segment, as the forward does."""
     n_pairs = (end - r0) // 2 if lab.size == 0 else 0
-    buffers = lockstep_buffers(n_pairs, 2)
+    buffers = trilinear_buffers(n_pairs, 2)
     for k in range(n_pairs + 1):  # the last: every ray with labels, else an odd last ray
         if k == n_pairs or not _setup_pair(start, delta, step, cnt, n, D, H, W, r0, k, buffers):
             for r in range(r0 + 2 * k, end if k == n_pairs else r0 + 2 * k + 2):

@@ -43,7 +43,8 @@ from .intrinsics import (
     wide_vectors,
 )
 
-#: "Not on planes of one axis" (Joseph's plane axes are 0, 1, 2 = i, j, k).
+#: "Not on planes of one axis" (Joseph's plane axes are 0, 1, 2 = i, j, k), known only at run time. An
+#: ``axis`` of None says so at compile time: the trilinear loop is then called without a branch.
 NO_PLANE = -1
 
 
@@ -339,8 +340,8 @@ def lanes_grad_sum(lanes):
 
 
 def interior_sum(code, H, W, rays, s0, s1, q, axis):  # pragma: no cover - jitted only
-    """``lanes_sum`` of the sampler of plane ``axis`` (a runtime value: a branch outside the loop),
-    for as many lanes as ``rays`` holds: 4 raw sums (apply ``scaled``)."""
+    """``lanes_sum`` of the sampler of plane ``axis`` (a runtime value: a branch outside the loop; None:
+    trilinear, no branch), for as many lanes as ``rays`` holds: 4 raw sums (apply ``scaled``)."""
     raise NotImplementedError
 
 
@@ -350,12 +351,15 @@ def interior_grad_sum(vol, H, W, rays, s0, s1):  # pragma: no cover - jitted onl
 
 
 if IMPORT_ERROR is None:
+    from numba import types
     from numba.extending import overload
 
     @overload(interior_sum, jit_options={"fastmath": FM})
     def _interior_sum(code, H, W, rays, s0, s1, q, axis):
         lanes = len(rays)
         on_j, on_k, anywhere = (lanes_sum(SAMPLERS[a], lanes) for a in (1, 2, NO_PLANE))
+        if isinstance(axis, types.NoneType):
+            return lambda code, H, W, rays, s0, s1, q, axis: anywhere(code, H, W, rays, s0, s1, q)
 
         def impl(code, H, W, rays, s0, s1, q, axis):
             if axis == 1:
@@ -380,7 +384,8 @@ if IMPORT_ERROR is None:
 @njit(fastmath=FM, cache=True)
 def sum_range(vol, code, q, D, H, W, p, axis, sa, sb, a, b):
     """Σ μ over samples ``[sa, sb)`` of ray ``p``; ``[a, b)`` is its interior, read from ``code``
-    (scale ``q``) with the sampler of plane ``axis``; the rest is checked and reads ``vol``."""
+    (scale ``q``) with the sampler of plane ``axis`` (see ``interior_sum``); the rest is checked and
+    reads ``vol``."""
     acc = F0
     for s in range(sa, min(sb, a)):
         x, y, z = position(p, np.float32(s))
