@@ -36,10 +36,14 @@ def lockstep_buffers(n, lanes):
 
 @njit(fastmath=FM, cache=True)
 def trilinear_buffers(n, lanes):
-    """``lockstep_buffers`` whose ``AX`` is None: no group lies on planes, so the skeleton's loops call
-    the trilinear sampler without a branch (specialised at compile time, as ``q is None``)."""
-    b = lockstep_buffers(n, lanes)
-    return b[0], b[1], b[2], b[3], b[4], b[5], b[6], None
+    """``lockstep_buffers`` of groups at lockstep offsets 0 and on no planes: ``PL`` is ``P`` itself and
+    ``AX`` is None, so the skeleton's loops call the trilinear sampler without a branch (specialised at
+    compile time, as ``q is None``)."""
+    P = np.empty((n, lanes, 6), np.float32)
+    return (
+        P, P, np.empty((n, lanes), np.float32), np.empty((n, lanes), np.int64), np.empty((n, lanes, 2), np.int64),
+        np.zeros((n, lanes), np.int64), np.zeros((n, 2), np.int64), None,
+    )  # fmt: skip
 
 
 def plane_of(AX, k):  # pragma: no cover - jitted only

@@ -81,13 +81,13 @@ def _ray(start, delta, step, r):
 def _setup_pair(start, delta, step, cnt, n, D, H, W, r0, k, buffers):
     """Rays ``r0 + 2k`` and ``r0 + 2k + 1`` into row ``k`` of the lockstep buffers; whether they march in
     lockstep: both are marched and their common interior is long enough."""
-    P, PL, SC, CN, AB, _, LH, _ = buffers  # lockstep offsets stay 0, no plane axes
+    P, _, SC, CN, AB, _, LH, _ = buffers  # trilinear_buffers: PL is P
     lo, hi = 0, 1 << 62
     for j in range(2):
         r = r0 + 2 * k + j
         p, ok = _ray(start, delta, step, r)
         for c in range(6):
-            P[k, j, c] = PL[k, j, c] = p[c]
+            P[k, j, c] = p[c]
         SC[k, j], CN[k, j] = step[r], ray_sample_count(cnt, n, r)
         AB[k, j, 0], AB[k, j, 1] = ray_interior(p, D, H, W, CN[k, j]) if ok else (0, 0)
         lo, hi = max(lo, AB[k, j, 0]), min(hi, AB[k, j, 1]) if ok else 0
