@@ -77,7 +77,7 @@ def _ray(start, delta, step, r):
     return p, step[r] != 0 and finite_ray(p)
 
 
-@njit(fastmath=FM, cache=True)
+@njit(fastmath=FM, cache=True, inline="always")
 def _setup_pair(start, delta, step, cnt, n, D, H, W, r0, k, buffers):
     """Rays ``r0 + 2k`` and ``r0 + 2k + 1`` into row ``k`` of the lockstep buffers; whether they march in
     lockstep: both are marched and their common interior is long enough."""
