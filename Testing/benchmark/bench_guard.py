@@ -32,13 +32,11 @@ import time
 from io import BytesIO
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "chest_ct"
+from _bench_case import FOV, SDD, SOD  # the reference view of bench_render.py (docs/geometry.md)
+from bench_render import DEFAULT_DATA, MODES, REPO
+
 PACKAGE = "NanoDRREngine/nanodrr_engine"
 BASELINE = "nanodrr_engine_baseline"
-SDD, SOD, FOV = 1020.0, 850.0, 400.0  # the reference view of bench_render.py (docs/geometry.md)
-MODES = ("fwd", "fwdbwd")
 METHODS = ("raymarch", "joseph")
 
 
@@ -75,8 +73,8 @@ def extract_baseline(rev: str, into: Path, name: str = BASELINE) -> None:
 class Side:
     """One engine on one CT: subjects with and without the labelmap, renders of one case."""
 
-    def __init__(self, name: str, module, ct: Path, labels: Path | None):
-        self.name, self.m = name, module
+    def __init__(self, module, ct: Path, labels: Path | None):
+        self.m = module
         self.subjects = {"plain": module.Subject.from_filepath(str(ct))}
         if labels is not None:
             self.subjects["labels"] = module.Subject.from_filepath(str(ct), str(labels))
@@ -106,10 +104,11 @@ class Side:
         return render
 
 
-def timed(fn) -> tuple[float, object]:
+def timed(fn) -> float:
+    """Milliseconds of one call of ``fn``."""
     t = time.perf_counter()
-    out = fn()
-    return (time.perf_counter() - t) * 1000.0, out
+    fn()
+    return (time.perf_counter() - t) * 1000.0
 
 
 def run_case(a: Side, b: Side, vols, case: tuple, pairs: int, n_samples: int) -> dict:
@@ -128,8 +127,7 @@ def run_case(a: Side, b: Side, vols, case: tuple, pairs: int, n_samples: int) ->
         b.use_volume(vb)
         order = (("a", fa), ("b", fb)) if p % 2 == 0 else (("b", fb), ("a", fa))
         for key, fn in order:
-            ms, _ = timed(fn)
-            times[key].append(ms)
+            times[key].append(timed(fn))
     ma, mb = statistics.median(times["a"]), statistics.median(times["b"])
     per_pair = statistics.median(tb / ta for ta, tb in zip(times["a"], times["b"], strict=True))
     diff = float((img["a"] - img["b"]).abs().max() / img["a"].abs().max().clamp_min(1e-30))
@@ -145,7 +143,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--baseline", default="HEAD", help="git revision to compare against (default HEAD)")
     p.add_argument("--sizes", type=int, nargs="+", default=[200, 512])
     p.add_argument("--maps", nargs="+", choices=("plain", "labels"), default=["plain", "labels"])
-    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    p.add_argument("--modes", nargs="+", choices=tuple(MODES), default=list(MODES))
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--pairs", type=int, default=8, help="ABBA pairs per case (default 8)")
     p.add_argument("--n-samples", type=int, default=500)
@@ -185,7 +183,7 @@ def main(argv=None) -> int:
             flush=True,
         )
         with_labels = labels if "labels" in args.maps else None
-        a, b = Side("before", old, ct, with_labels), Side("after", new, ct, with_labels)
+        a, b = Side(old, ct, with_labels), Side(new, ct, with_labels)
         mu = b.subjects["plain"].image
         vols = (mu, mu.clone())
         rows = []

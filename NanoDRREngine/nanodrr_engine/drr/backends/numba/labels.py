@@ -201,11 +201,12 @@ if IMPORT_ERROR is None:
     @overload(labels_interior, jit_options={"fastmath": FM})
     def _labels_interior(code, q, lab, H, W, C, N, axis, rays, s0, s1, curs, accs, out, bases, scales):
         lanes = len(rays)
-        on_j, on_k, anywhere = (lanes_labels(SAMPLERS[a], lanes) for a in (1, 2, NO_PLANE))
-        if isinstance(axis, types.NoneType):
+        anywhere = lanes_labels(SAMPLERS[NO_PLANE], lanes)
+        if isinstance(axis, types.NoneType):  # no plane, known while compiling: no branch
             return lambda code, q, lab, H, W, C, N, axis, rays, s0, s1, curs, accs, out, bases, scales: (
                 anywhere(code, q, lab, H, W, C, N, rays, s0, s1, curs, accs, out, bases, scales)
             )
+        on_j, on_k = (lanes_labels(SAMPLERS[a], lanes) for a in (1, 2))
 
         def impl(code, q, lab, H, W, C, N, axis, rays, s0, s1, curs, accs, out, bases, scales):
             if axis == 1:

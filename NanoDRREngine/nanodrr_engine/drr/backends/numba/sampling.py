@@ -357,9 +357,10 @@ if IMPORT_ERROR is None:
     @overload(interior_sum, jit_options={"fastmath": FM})
     def _interior_sum(code, H, W, rays, s0, s1, q, axis):
         lanes = len(rays)
-        on_j, on_k, anywhere = (lanes_sum(SAMPLERS[a], lanes) for a in (1, 2, NO_PLANE))
-        if isinstance(axis, types.NoneType):
+        anywhere = lanes_sum(SAMPLERS[NO_PLANE], lanes)
+        if isinstance(axis, types.NoneType):  # no plane, known while compiling: no branch
             return lambda code, H, W, rays, s0, s1, q, axis: anywhere(code, H, W, rays, s0, s1, q)
+        on_j, on_k = (lanes_sum(SAMPLERS[a], lanes) for a in (1, 2))
 
         def impl(code, H, W, rays, s0, s1, q, axis):
             if axis == 1:
